@@ -161,7 +161,6 @@ pub struct MmioTransport {
     device_features_sel: u32,
     driver_features_sel: u32,
     acked_features: u64,
-    shm_sel: u32,
     status: u32,
     activated: bool,
     warn: WarnLimiter,
@@ -208,7 +207,6 @@ impl MmioTransport {
             device_features_sel: 0,
             driver_features_sel: 0,
             acked_features: 0,
-            shm_sel: 0,
             status: 0,
             activated: false,
             warn: WarnLimiter::default(),
@@ -306,7 +304,8 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v),
             reg::VIRTIO_MMIO_INTERRUPT_ACK => self.irq.ack(v),
             reg::VIRTIO_MMIO_STATUS => self.write_status(v),
-            reg::VIRTIO_MMIO_SHM_SEL => self.shm_sel = v,
+            // No shared memory regions: whatever is selected does not exist.
+            reg::VIRTIO_MMIO_SHM_SEL => {}
             _ => self.warn_guest(format_args!(
                 "write {v:#x} to read-only or unknown register {offset:#x}"
             )),
@@ -324,8 +323,7 @@ impl MmioTransport {
             return;
         }
         match self.driver_features_sel {
-            0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
-            1 => self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32),
+            sel @ (0 | 1) => set_half(&mut self.acked_features, sel == 1, v),
             sel => {
                 if v != 0 {
                     self.warn_guest(format_args!(
@@ -514,7 +512,6 @@ impl MmioTransport {
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.acked_features = 0;
-        self.shm_sel = 0;
         self.status = 0;
         self.irq.clear();
     }

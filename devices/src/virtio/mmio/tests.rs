@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::sync::Mutex;
 
@@ -241,19 +245,29 @@ fn full_handshake_activates_device() {
 fn illegal_status_transitions_are_ignored() {
     let (mut t, state) = transport();
     // Each step: value written, expected status afterwards.
-    let steps: &[(u32, u32)] = &[
-        (VIRTIO_CONFIG_S_DRIVER, 0), // DRIVER without ACKNOWLEDGE
-        (S_DRIVER_OK, 0),            // everything at once
-        (S_ACK, S_ACK),              //
-        (S_ACK | VIRTIO_CONFIG_S_FEATURES_OK, S_ACK), // skips DRIVER
-        (S_DRIVER, S_DRIVER),        //
-        (S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK, S_DRIVER), // DRIVER_OK before FEATURES_OK
-        (S_ACK, S_DRIVER),           // clearing a bit
-        (0x10 | S_DRIVER, S_DRIVER), // reserved bit
+    let steps: &[(&str, u32, u32)] = &[
+        ("DRIVER without ACKNOWLEDGE", VIRTIO_CONFIG_S_DRIVER, 0),
+        ("everything at once", S_DRIVER_OK, 0),
+        ("ACKNOWLEDGE", S_ACK, S_ACK),
+        ("FEATURES_OK without DRIVER", S_FEATURES_OK, S_ACK),
+        (
+            "ACKNOWLEDGE | FEATURES_OK",
+            S_ACK | VIRTIO_CONFIG_S_FEATURES_OK,
+            S_ACK,
+        ),
+        ("DRIVER", S_DRIVER, S_DRIVER),
+        (
+            "DRIVER_OK without FEATURES_OK",
+            S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK,
+            S_DRIVER,
+        ),
+        ("all of it from DRIVER", S_DRIVER_OK, S_DRIVER),
+        ("clearing a bit", S_ACK, S_DRIVER),
+        ("reserved bit", 0x10 | S_DRIVER, S_DRIVER),
     ];
-    for &(v, expected) in steps {
+    for &(what, v, expected) in steps {
         w(&mut t, STATUS, v);
-        assert_eq!(r(&mut t, STATUS), expected, "after writing {v:#x}");
+        assert_eq!(r(&mut t, STATUS), expected, "{what}: wrote {v:#x}");
     }
     write_features(&mut t, VERSION_1);
     w(&mut t, STATUS, S_FEATURES_OK);
