@@ -116,6 +116,16 @@ impl QueueConfig {
     }
 }
 
+impl std::fmt::Display for QueueConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "size {}, max {}, desc {:#x}, avail {:#x}, used {:#x}",
+            self.size, self.max_size, self.desc, self.driver, self.device
+        )
+    }
+}
+
 /// Replace the low or high 32 bits of `v`.
 fn set_half(v: &mut u64, high: bool, half: u32) {
     *v = if high {
@@ -449,15 +459,10 @@ impl MmioTransport {
                 }
                 continue;
             }
-            match cfg.build(&self.mem) {
-                Some(q) => queues.push(q),
-                None => {
-                    return self.fail_activation(&format!(
-                    "queue {i} is invalid (size {}, max {}, desc {:#x}, avail {:#x}, used {:#x})",
-                    cfg.size, cfg.max_size, cfg.desc, cfg.driver, cfg.device
-                ))
-                }
-            }
+            let Some(q) = cfg.build(&self.mem) else {
+                return self.fail_activation(&format!("queue {i} is invalid ({cfg})"));
+            };
+            queues.push(q);
         }
         let ctx = ActivateContext {
             mem: self.mem.clone(),

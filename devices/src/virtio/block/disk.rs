@@ -306,9 +306,11 @@ impl ReadVolatile for FileAt<'_> {
                 offset,
             )
         };
-        let n = self.advance(ret)?;
-        buf.bitmap().mark_dirty(0, n);
-        Ok(n)
+        let res = self.advance(ret);
+        // On failure part of the buffer may have been written: all of it is dirty.
+        let dirty = res.as_ref().map_or(buf.len(), |&n| n);
+        buf.bitmap().mark_dirty(0, dirty);
+        res
     }
 }
 

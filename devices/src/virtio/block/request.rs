@@ -77,8 +77,9 @@ pub(super) enum RequestError {
     /// A data descriptor points outside guest memory.
     #[error("data descriptor {0} is outside guest memory")]
     DataOutOfMemory(usize),
-    /// The data length does not suit the request (zero, or not whole sectors).
-    #[error("data length {0} is not a positive multiple of the sector size")]
+    /// The data length does not suit the request: zero, or (for reads and
+    /// writes) not whole sectors.
+    #[error("data length {0} does not suit the request")]
     BadDataLength(u64),
 }
 
@@ -151,8 +152,9 @@ where
     collect(chain, max, descs).map_err(refuse_silently)?;
 
     // The status byte first: every later failure can then be reported.
-    let last = descs.len() - 1;
-    let status_desc = descs[last];
+    let Some((&status_desc, rest)) = descs.split_last() else {
+        return Err(refuse_silently(RequestError::Empty));
+    };
     if !status_desc.is_write_only()
         || status_desc.len() == 0
         || !mem.check_range(status_desc.addr(), 1, Permissions::Write)
@@ -165,10 +167,9 @@ where
         error,
     };
 
-    if last == 0 {
+    let Some((&header, data_descs)) = rest.split_first() else {
         return Err(refuse(RequestError::BadHeader));
-    }
-    let header = descs[0];
+    };
     if header.is_write_only() || header.len() < HEADER_LEN {
         return Err(refuse(RequestError::BadHeader));
     }
@@ -180,10 +181,9 @@ where
     let kind = RequestType::from_raw(u32::from_le_bytes([t0, t1, t2, t3]));
     let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
 
-    let data = 1..last;
     let data_len = match kind {
-        RequestType::In | RequestType::GetId => check_data(mem, &descs[data.clone()], true),
-        RequestType::Out => check_data(mem, &descs[data.clone()], false),
+        RequestType::In | RequestType::GetId => check_data(mem, data_descs, true),
+        RequestType::Out => check_data(mem, data_descs, false),
         // Flush carries no data and unsupported requests are not looked at:
         // their data descriptors, if any, are never touched.
         RequestType::Flush | RequestType::Unsupported(_) => Ok(0),
@@ -200,9 +200,10 @@ where
         return Err(refuse(RequestError::BadDataLength(data_len)));
     }
 
+    // Data descriptors sit between the header (index 0) and the status.
     let data = match kind {
         RequestType::Flush | RequestType::Unsupported(_) => 1..1,
-        _ => data,
+        _ => 1..1 + data_descs.len(),
     };
     Ok(Request {
         kind,
