@@ -1,0 +1,449 @@
+//! Builds a VM from a [`VmConfig`] in order — KVM, guest memory, VM,
+//! devices, kernel and boot information, vCPUs — then runs it until it stops.
+
+use std::fs::File;
+use std::io::IsTerminal;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::legacy::ConsoleOutput;
+use devices::virtio::block::{Block, BlockError};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::x86_64::acpi::{self, AcpiError};
+use crate::arch::x86_64::boot::{self, BootError, LoadedKernel};
+use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
+use crate::arch::x86_64::mptable::{self, MptableError};
+use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
+use crate::config::{BootProtocol, ConfigError, ConsoleConfig, VmConfig};
+use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::event_loop::{self, ConsoleInput, EventLoop, EventLoopError, SignalWatcher};
+use crate::exit::ExitReason;
+use crate::exit::ExitSignal;
+use crate::terminal::RawTerminal;
+use crate::vstate::kvm::{HostKind, KvmContext, KvmError};
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuHandle};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors of [`self`]: one per boot step.
+#[derive(Debug, thiserror::Error)]
+pub enum BuilderError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM is missing or unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A device.
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    /// A disk image.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The kernel, initrd or command line.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Page tables or descriptor tables.
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    /// The MP table.
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    /// The ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    /// A vCPU.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The event loop.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// The console file.
+    #[error("cannot open console file {path}: {source}")]
+    ConsoleFile {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A host resource (event fd, stdout) could not be set up.
+    #[error("{what}: {source}")]
+    Host {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// More vCPUs than KVM allows here.
+    #[error("--cpus {asked} is more than this host's KVM allows ({max})")]
+    TooManyVcpus {
+        /// Requested.
+        asked: u32,
+        /// KVM_CAP_MAX_VCPUS.
+        max: usize,
+    },
+    /// The kernel command line could not be built.
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+}
+
+/// What happened to a VM that ran.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Why it stopped.
+    pub reason: ExitReason,
+    /// The host's KVM kind.
+    pub host: HostKind,
+    /// Bytes the guest wrote to its console.
+    pub console_bytes: u64,
+    /// Boot markers: (code, time since vmm started).
+    pub markers: Vec<(u64, Duration)>,
+}
+
+/// The kernel command line vmm always passes before the user's.
+pub fn default_cmdline(config: &VmConfig) -> String {
+    // Console on COM1 only (no probing of COM2-4); reboot through the
+    // keyboard controller; reboot at once on panic instead of hanging.
+    let mut s = String::from("console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1");
+    if let Some(root) = &config.rootfs {
+        s.push_str(if root.read_only {
+            " root=/dev/vda ro"
+        } else {
+            " root=/dev/vda rw"
+        });
+    }
+    s
+}
+
+/// The complete command line: defaults, device entries, the user's extra.
+pub fn build_cmdline(config: &VmConfig, devices: &[String]) -> Result<Cmdline, BuilderError> {
+    let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuilderError::Cmdline)?;
+    c.insert_str(default_cmdline(config))
+        .map_err(BuilderError::Cmdline)?;
+    for d in devices {
+        c.insert_str(d).map_err(BuilderError::Cmdline)?;
+    }
+    if !config.cmdline_extra.trim().is_empty() {
+        c.insert_str(config.cmdline_extra.trim())
+            .map_err(BuilderError::Cmdline)?;
+    }
+    Ok(c)
+}
+
+/// Pick the entry protocol.
+pub fn choose_entry(
+    asked: BootProtocol,
+    kernel: &LoadedKernel,
+    host: HostKind,
+    path: &std::path::Path,
+) -> Result<BootEntry, BootError> {
+    let pvh = |entry| BootEntry {
+        entry,
+        mode: EntryMode::Pvh,
+    };
+    let linux = BootEntry {
+        entry: kernel.entry,
+        mode: EntryMode::Linux64,
+    };
+    match (asked, kernel.pvh_entry()) {
+        (BootProtocol::Linux, _) => Ok(linux),
+        (BootProtocol::Pvh, Some(e)) => Ok(pvh(e)),
+        (BootProtocol::Pvh, None) => Err(BootError::NoPvhEntry(path.display().to_string())),
+        (BootProtocol::Auto, Some(e)) if host == HostKind::Pvm => Ok(pvh(e)),
+        (BootProtocol::Auto, _) => Ok(linux),
+    }
+}
+
+fn open_console(config: &VmConfig) -> Result<ConsoleOutput, BuilderError> {
+    match &config.console {
+        ConsoleConfig::Stdio => ConsoleOutput::stdout().map_err(|source| BuilderError::Host {
+            what: "cannot use stdout for the console",
+            source,
+        }),
+        ConsoleConfig::File(p) => File::options()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map(ConsoleOutput::File)
+            .map_err(|source| BuilderError::ConsoleFile {
+                path: p.display().to_string(),
+                source,
+            }),
+        ConsoleConfig::None => Ok(ConsoleOutput::Sink),
+    }
+}
+
+fn load_guest(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    dm: &DeviceManager,
+    host: HostKind,
+) -> Result<BootEntry, BuilderError> {
+    let kernel = boot::load_kernel(mem, &config.kernel)?;
+    log::info!(
+        "kernel {}: {}, entry {:#x}, ends at {:#x}",
+        config.kernel.display(),
+        kernel.format_name(),
+        kernel.entry,
+        kernel.end
+    );
+    let initrd = match &config.initrd {
+        Some(p) => Some(boot::load_initrd(mem, p, &kernel)?),
+        None => None,
+    };
+    let entry = choose_entry(config.boot, &kernel, host, &config.kernel)?;
+    let cmdline = build_cmdline(config, dm.cmdline_entries())?;
+    log::info!(
+        "boot protocol {:?}, command line: {}",
+        entry.mode,
+        cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let cmdline_len = boot::write_cmdline(mem, &cmdline, &kernel)?;
+    // Both descriptions of the platform: ACPI for kernels that have it, the
+    // MP table for those that do not.
+    mptable::setup(mem, config.cpus)?;
+    let rsdp = acpi::setup(mem, config.cpus)?;
+    match entry.mode {
+        EntryMode::Linux64 => {
+            let params =
+                boot::build_boot_params(&kernel, cmdline_len, initrd, config.mem_bytes, Some(rsdp));
+            boot::write_boot_params(mem, &params)?;
+        }
+        EntryMode::Pvh => boot::write_pvh_start_info(mem, initrd, config.mem_bytes, Some(rsdp))?,
+    }
+    regs::write_gdt_idt(mem)?;
+    regs::write_page_tables(mem)?;
+    Ok(entry)
+}
+
+/// Stops and joins vCPU threads when dropped, whatever path we leave by.
+struct VcpuThreads(Vec<VcpuHandle>);
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.stop();
+        }
+        for h in &mut self.0 {
+            h.join();
+        }
+    }
+}
+
+/// Build the VM described by `config` and run it until it stops. `start` is
+/// when vmm started, for boot-time markers.
+pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError> {
+    config.validate()?;
+    // Before any thread exists, so every thread inherits the mask and the
+    // stop signals reach only the event loop's signalfd.
+    event_loop::block_stop_signals().map_err(|source| BuilderError::Host {
+        what: "cannot block signals",
+        source,
+    })?;
+
+    let kvm = KvmContext::open()?;
+    let host = kvm.host_kind();
+    log::info!("KVM host: {host}, up to {} vCPUs", kvm.max_vcpus());
+    if config.cpus as usize > kvm.max_vcpus() {
+        return Err(BuilderError::TooManyVcpus {
+            asked: config.cpus,
+            max: kvm.max_vcpus(),
+        });
+    }
+
+    let mem = memory::create_guest_memory(config.mem_bytes)?;
+    let vm = Vm::new(&kvm)?;
+    memory::register_with_kvm(vm.fd(), &mem)?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(|source| BuilderError::Host {
+        what: "cannot create the exit event",
+        source,
+    })?);
+    let mut dm = DeviceManager::new(&vm, open_console(config)?, exit.clone(), start)?;
+    for disk in config.all_disks() {
+        let block = Block::new(&disk.path, disk.read_only, None)?;
+        dm.attach_virtio(&vm, &mem, Box::new(block))?;
+        log::info!(
+            "disk {}{}",
+            disk.path.display(),
+            if disk.read_only { " (read-only)" } else { "" }
+        );
+    }
+
+    let entry = load_guest(config, &mem, &dm, host)?;
+
+    let cpuid = kvm.supported_cpuid()?;
+    let vcpus = (0..config.cpus)
+        .map(|i| Vcpu::new(&vm, i, config.cpus, &cpuid, entry))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut event_loop = EventLoop::new(exit.clone())?;
+    event_loop.add(Arc::new(Mutex::new(SignalWatcher::new(exit.clone())?)));
+    for s in dm.subscribers() {
+        event_loop.add(s);
+    }
+    let stdin = std::io::stdin();
+    let _raw = if config.console == ConsoleConfig::Stdio && forwardable(&stdin) {
+        let interactive = stdin.is_terminal();
+        event_loop.add(Arc::new(Mutex::new(ConsoleInput::new(
+            stdin.as_raw_fd(),
+            interactive,
+            dm.serial.clone(),
+            dm.serial_rx_room
+                .try_clone()
+                .map_err(|source| BuilderError::Host {
+                    what: "cannot clone an event fd",
+                    source,
+                })?,
+            exit.clone(),
+        ))));
+        if interactive {
+            RawTerminal::enter(stdin.as_raw_fd())
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+
+    let (io, mmio) = (dm.io_bus(), dm.mmio_bus());
+    let mut threads = VcpuThreads(Vec::new());
+    for vcpu in vcpus {
+        threads
+            .0
+            .push(vcpu.start(io.clone(), mmio.clone(), exit.clone())?);
+    }
+    log::info!(
+        "guest started {:.3} ms after vmm",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    let reason = event_loop.run()?;
+    drop(threads);
+    log::info!("{reason}");
+
+    let markers = dm
+        .markers
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(RunOutcome {
+        reason,
+        host,
+        console_bytes: dm.console_bytes.load(Ordering::Relaxed),
+        markers,
+    })
+}
+
+/// stdin is forwarded when it is a terminal, a pipe or a file with data.
+fn forwardable(stdin: &std::io::Stdin) -> bool {
+    if stdin.is_terminal() {
+        return true;
+    }
+    let fd = stdin.as_raw_fd();
+    // SAFETY: fstat on a valid fd into a zeroed stat we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    kind == libc::S_IFIFO || kind == libc::S_IFSOCK
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::cast_possible_truncation)]
+    use super::*;
+    use crate::arch::x86_64::boot::KernelFormat;
+    use crate::config::DiskConfig;
+
+    #[test]
+    fn cmdline_has_defaults_devices_then_user_args() {
+        let mut c = VmConfig::new("k");
+        c.rootfs = Some(DiskConfig {
+            path: "r".into(),
+            read_only: false,
+        });
+        c.cmdline_extra = " quiet run=\"echo hi\" ".into();
+        let line = build_cmdline(&c, &["virtio_mmio.device=4K@0xd0001000:5".into()])
+            .unwrap()
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert_eq!(
+            line,
+            "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 root=/dev/vda rw \
+             virtio_mmio.device=4K@0xd0001000:5 quiet run=\"echo hi\""
+        );
+        c.rootfs = Some(DiskConfig {
+            path: "r".into(),
+            read_only: true,
+        });
+        assert!(default_cmdline(&c).ends_with("root=/dev/vda ro"));
+        c.rootfs = None;
+        assert!(!default_cmdline(&c).contains("root="));
+        c.cmdline_extra = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            build_cmdline(&c, &[]),
+            Err(BuilderError::Cmdline(_))
+        ));
+    }
+
+    #[test]
+    fn entry_protocol_choice() {
+        let p = std::path::Path::new("k");
+        let with_pvh = LoadedKernel {
+            entry: 0x100_0000,
+            end: 0,
+            format: KernelFormat::Elf {
+                pvh_entry: Some(0x100_1000),
+            },
+        };
+        let without = LoadedKernel {
+            format: KernelFormat::Elf { pvh_entry: None },
+            ..with_pvh
+        };
+        let e = |asked, k: &LoadedKernel, host| {
+            choose_entry(asked, k, host, p).map(|b| (b.mode, b.entry))
+        };
+        assert_eq!(
+            e(BootProtocol::Auto, &with_pvh, HostKind::Vmx).unwrap(),
+            (EntryMode::Linux64, 0x100_0000)
+        );
+        assert_eq!(
+            e(BootProtocol::Auto, &with_pvh, HostKind::Pvm).unwrap(),
+            (EntryMode::Pvh, 0x100_1000)
+        );
+        assert_eq!(
+            e(BootProtocol::Auto, &without, HostKind::Pvm).unwrap(),
+            (EntryMode::Linux64, 0x100_0000)
+        );
+        assert_eq!(
+            e(BootProtocol::Pvh, &with_pvh, HostKind::Svm).unwrap(),
+            (EntryMode::Pvh, 0x100_1000)
+        );
+        assert!(matches!(
+            e(BootProtocol::Pvh, &without, HostKind::Vmx),
+            Err(BootError::NoPvhEntry(_))
+        ));
+        assert_eq!(
+            e(BootProtocol::Linux, &with_pvh, HostKind::Pvm).unwrap().0,
+            EntryMode::Linux64
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{parse_size, BootProtocol, ConfigError, DiskConfig, VmConfig};
+
+const EXAMPLES: &str = "\
+Examples:
+  Boot a guest with a root file system, console on this terminal:
+    vmm --kernel vmlinux --rootfs rootfs.ext4
+
+  Two vCPUs, 512 MiB, an extra read-only disk, a command for the test init:
+    vmm --kernel vmlinux --rootfs rootfs.ext4 --cpus 2 --mem 512M \\
+        --disk data.img,ro --cmdline 'run=\"cat /proc/cpuinfo\"'
+
+  Boot with an initrd and no disk, console to a file, with a boot log:
+    vmm --kernel bzImage --initrd initrd.cpio.gz --console file:guest.log -v
+
+Console: on a terminal the console is raw (keys go to the guest);
+Ctrl-A x stops vmm, Ctrl-A Ctrl-A sends Ctrl-A.
+
+Exit status: 0 when the guest powers off or reboots; the status the guest
+wrote to the debug device; 1 on a vmm error; 3 on a guest triple fault;
+4 when KVM cannot run the guest; 5 when the guest kernel panicked;
+128+N when stopped by signal N.";
+
+/// vmm: boot a Linux guest in a KVM micro-VM.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Root file system image (raw, e.g. ext4), attached as /dev/vda.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
+
+    /// Attach the root file system read-only (and mount it read-only).
+    #[arg(long, requires = "rootfs")]
+    pub rootfs_ro: bool,
+
+    /// Extra disk image, appended as /dev/vdb, /dev/vdc, ...; add ",ro" for read-only.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<String>,
+
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Guest memory, e.g. 128M or 1G (MiB when no suffix).
+    #[arg(long, default_value = "128M", value_name = "SIZE")]
+    pub mem: String,
+
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+
+    /// Extra kernel command line, appended to vmm's defaults
+    /// (console=ttyS0, reboot through the keyboard controller, root=/dev/vda).
+    #[arg(
+        long,
+        value_name = "ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: String,
+
+    /// Guest console: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio", value_name = "WHERE")]
+    pub console: String,
+
+    /// Boot protocol: auto, linux (64-bit boot protocol) or pvh.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "linux", "pvh"])]
+    pub boot: String,
+
+    /// Log what vmm does to stderr (-v: boot log and timings, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Cli {
+    /// Turn the arguments into a VM configuration (not yet validated against
+    /// the file system; see [`VmConfig::validate`]).
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut c = VmConfig::new(&self.kernel);
+        c.mem_bytes = parse_size(&self.mem)?;
+        c.cpus = self.cpus;
+        c.initrd = self.initrd.clone();
+        c.rootfs = self.rootfs.as_ref().map(|p| DiskConfig {
+            path: p.clone(),
+            read_only: self.rootfs_ro,
+        });
+        c.disks = self
+            .disks
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<_, _>>()?;
+        c.cmdline_extra = self.cmdline.clone();
+        c.console = self.console.parse()?;
+        c.boot = match self.boot.as_str() {
+            "linux" => BootProtocol::Linux,
+            "pvh" => BootProtocol::Pvh,
+            _ => BootProtocol::Auto,
+        };
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::cast_possible_truncation)]
+    use super::*;
+    use crate::config::ConsoleConfig;
+
+    #[test]
+    fn one_line_boot() {
+        let cli =
+            Cli::try_parse_from(["vmm", "--kernel", "vmlinux", "--rootfs", "r.ext4"]).unwrap();
+        let c = cli.to_config().unwrap();
+        assert_eq!(c.kernel, PathBuf::from("vmlinux"));
+        assert_eq!(c.mem_bytes, 128 << 20);
+        assert_eq!(c.cpus, 1);
+        assert_eq!(
+            c.rootfs,
+            Some(DiskConfig {
+                path: "r.ext4".into(),
+                read_only: false
+            })
+        );
+        assert_eq!(c.console, ConsoleConfig::Stdio);
+    }
+
+    #[test]
+    fn all_options() {
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "--kernel",
+            "k",
+            "--rootfs",
+            "r",
+            "--rootfs-ro",
+            "--disk",
+            "a.img",
+            "--disk",
+            "b.img,ro",
+            "--mem",
+            "1G",
+            "--cpus",
+            "4",
+            "--cmdline",
+            "quiet",
+            "--console",
+            "file:/tmp/c",
+            "--boot",
+            "pvh",
+            "-vv",
+            "--initrd",
+            "i",
+        ])
+        .unwrap();
+        let c = cli.to_config().unwrap();
+        assert_eq!(c.mem_bytes, 1 << 30);
+        assert_eq!(c.cpus, 4);
+        assert!(c.rootfs.unwrap().read_only);
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[1].read_only);
+        assert_eq!(c.boot, BootProtocol::Pvh);
+        assert_eq!(c.console, ConsoleConfig::File("/tmp/c".into()));
+        assert_eq!(cli.verbose, 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["vmm"]).is_err(), "kernel is required");
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--rootfs-ro"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--boot", "uefi"]).is_err());
+        let bad_mem = Cli::try_parse_from(["vmm", "--kernel", "k", "--mem", "lots"]).unwrap();
+        assert!(matches!(bad_mem.to_config(), Err(ConfigError::Size(_))));
+        let bad_console =
+            Cli::try_parse_from(["vmm", "--kernel", "k", "--console", "tty"]).unwrap();
+        assert!(matches!(
+            bad_console.to_config(),
+            Err(ConfigError::Console(_))
+        ));
+    }
+}
