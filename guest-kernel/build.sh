@@ -10,11 +10,14 @@
 # -j N             parallel jobs (default: number of CPUs).
 #
 # The last line on stdout is the directory holding vmlinux, bzImage and config.
-# The cache key covers the source version, every fragment and this script, so a
-# second run with the same inputs returns at once.
+# The cache key covers the source version, every fragment and the build recipe
+# version below, so a second run with the same inputs returns at once.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Bump when the way the kernel is built changes (not for comments or messages):
+# it is part of the cache key, with the source version and every fragment.
+recipe=1
 cache=${VMM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmm}
 tree=""
 fragments=("$here/microvm.config")
@@ -86,9 +89,22 @@ else
     fi
 fi
 
-key=$( { echo "$source_id"; cat "$0"; for f in "${fragments[@]}"; do echo "--- $f"; cat "$f"; done; } \
+key=$( { echo "$source_id"; echo "recipe $recipe"; for f in "${fragments[@]}"; do echo "--- $f"; cat "$f"; done; } \
        | sha256sum | cut -c1-20)
 out="$cache/kernel/$key"
+if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
+    log "cached: $out ($source_id)"
+    echo "$out"
+    exit 0
+fi
+
+# One build per key at a time: a second caller waits, then finds the result.
+mkdir -p "$cache/kernel"
+exec 9>"$cache/kernel/.lock-$key"
+if ! flock -n 9; then
+    log "another build of $key is running; waiting for it"
+    flock 9
+fi
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
     log "cached: $out ($source_id)"
     echo "$out"

@@ -113,8 +113,9 @@ pub struct RunOutcome {
 /// The kernel command line vmm always passes before the user's.
 pub fn default_cmdline(config: &VmConfig) -> String {
     // Console on COM1 only (no probing of COM2-4); reboot through the
-    // keyboard controller; reboot at once on panic instead of hanging.
-    let mut s = String::from("console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1");
+    // keyboard controller; reboot at once on panic instead of hanging (pvpanic
+    // tells vmm first); there is no PCI bus to probe.
+    let mut s = String::from("console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 pci=off");
     if let Some(root) = &config.rootfs {
         s.push_str(if root.read_only {
             " root=/dev/vda ro"
@@ -202,7 +203,12 @@ fn load_guest(
         None => None,
     };
     let entry = choose_entry(config.boot, &kernel, host, &config.kernel)?;
-    let cmdline = build_cmdline(config, dm.cmdline_entries())?;
+    let devices = if config.acpi {
+        Vec::new()
+    } else {
+        dm.cmdline_entries()
+    };
+    let cmdline = build_cmdline(config, &devices)?;
     log::info!(
         "boot protocol {:?}, command line: {}",
         entry.mode,
@@ -212,17 +218,21 @@ fn load_guest(
             .unwrap_or_default()
     );
     let cmdline_len = boot::write_cmdline(mem, &cmdline, &kernel)?;
-    // Both descriptions of the platform: ACPI for kernels that have it, the
-    // MP table for those that do not.
+    // The MP table always (the CPUs for kernels without ACPI), ACPI unless
+    // turned off.
     mptable::setup(mem, config.cpus)?;
-    let rsdp = acpi::setup(mem, config.cpus)?;
+    let rsdp = if config.acpi {
+        Some(acpi::setup(mem, config.cpus, dm.virtio_info())?)
+    } else {
+        None
+    };
     match entry.mode {
         EntryMode::Linux64 => {
             let params =
-                boot::build_boot_params(&kernel, cmdline_len, initrd, config.mem_bytes, Some(rsdp));
+                boot::build_boot_params(&kernel, cmdline_len, initrd, config.mem_bytes, rsdp);
             boot::write_boot_params(mem, &params)?;
         }
-        EntryMode::Pvh => boot::write_pvh_start_info(mem, initrd, config.mem_bytes, Some(rsdp))?,
+        EntryMode::Pvh => boot::write_pvh_start_info(mem, initrd, config.mem_bytes, rsdp)?,
     }
     regs::write_gdt_idt(mem)?;
     regs::write_page_tables(mem)?;
@@ -254,7 +264,7 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError
         source,
     })?;
 
-    let kvm = KvmContext::open()?;
+    let kvm = KvmContext::open(&config.kvm_device)?;
     let host = kvm.host_kind();
     log::info!("KVM host: {host}, up to {} vCPUs", kvm.max_vcpus());
     if config.cpus as usize > kvm.max_vcpus() {
@@ -387,7 +397,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             line,
-            "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 root=/dev/vda rw \
+            "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 pci=off root=/dev/vda rw \
              virtio_mmio.device=4K@0xd0001000:5 quiet run=\"echo hi\""
         );
         c.rootfs = Some(DiskConfig {

@@ -76,6 +76,15 @@ pub struct Cli {
     #[arg(long, default_value = "auto", value_parser = ["auto", "linux", "pvh"])]
     pub boot: String,
 
+    /// Describe the platform without ACPI: an MP table, and virtio devices on the
+    /// kernel command line (for guest kernels built without CONFIG_ACPI).
+    #[arg(long)]
+    pub no_acpi: bool,
+
+    /// The KVM device to use.
+    #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
+    pub kvm_device: PathBuf,
+
     /// Log what vmm does to stderr (-v: boot log and timings, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -99,6 +108,8 @@ impl Cli {
             .map(|d| d.parse())
             .collect::<Result<_, _>>()?;
         c.cmdline_extra = self.cmdline.clone();
+        c.acpi = !self.no_acpi;
+        c.kvm_device = self.kvm_device.clone();
         c.console = self.console.parse()?;
         c.boot = match self.boot.as_str() {
             "linux" => BootProtocol::Linux,

@@ -163,6 +163,11 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     /// Boot protocol.
     pub boot: BootProtocol,
+    /// The KVM device.
+    pub kvm_device: PathBuf,
+    /// Describe the platform with ACPI (devices in the DSDT); without it, the
+    /// MP table and `virtio_mmio.device=` command-line entries.
+    pub acpi: bool,
 }
 
 impl VmConfig {
@@ -178,6 +183,8 @@ impl VmConfig {
             cmdline_extra: String::new(),
             console: ConsoleConfig::Stdio,
             boot: BootProtocol::Auto,
+            acpi: true,
+            kvm_device: PathBuf::from("/dev/kvm"),
         }
     }
 

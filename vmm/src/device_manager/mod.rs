@@ -17,6 +17,7 @@ use event_manager::MutEventSubscriber;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::x86_64::acpi::VirtioMmioInfo;
 use crate::arch::x86_64::layout::{
     ACPI_PM_PORT, DEBUG_DEVICE_ADDR, DEBUG_DEVICE_SIZE, I8042_PORT, IRQ_FIRST_VIRTIO,
     IRQ_I8042_KBD, IRQ_LAST, IRQ_SERIAL, PVPANIC_PORT, SERIAL_PORT, VIRTIO_MMIO_END,
@@ -119,7 +120,7 @@ pub struct DeviceManager {
     mmio_bus: Bus,
     next_irq: u32,
     next_mmio: u64,
-    cmdline: Vec<String>,
+    virtio_info: Vec<VirtioMmioInfo>,
     /// The serial console.
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Signalled when the serial receive FIFO has room again.
@@ -196,7 +197,7 @@ impl DeviceManager {
             mmio_bus,
             next_irq: IRQ_FIRST_VIRTIO,
             next_mmio: VIRTIO_MMIO_START,
-            cmdline: Vec::new(),
+            virtio_info: Vec::new(),
             serial,
             serial_rx_room: rx_room,
             console_bytes,
@@ -206,7 +207,7 @@ impl DeviceManager {
         })
     }
 
-    fn allocate(&mut self) -> Result<(u64, u32), DeviceManagerError> {
+    fn allocate(&mut self) -> Result<(u32, u32), DeviceManagerError> {
         // IRQ 8 belongs to the RTC on a PC; leave it alone.
         if self.next_irq == 8 {
             self.next_irq += 1;
@@ -217,7 +218,9 @@ impl DeviceManager {
         if self.next_mmio + VIRTIO_MMIO_SIZE > VIRTIO_MMIO_END {
             return Err(DeviceManagerError::Exhausted("MMIO window"));
         }
-        let r = (self.next_mmio, self.next_irq);
+        let base = u32::try_from(self.next_mmio)
+            .map_err(|_| DeviceManagerError::Exhausted("MMIO window"))?;
+        let r = (base, self.next_irq);
         self.next_mmio += VIRTIO_MMIO_SIZE;
         self.next_irq += 1;
         Ok(r)
@@ -231,7 +234,8 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
     ) -> Result<SharedTransport, DeviceManagerError> {
-        let (base, irq) = self.allocate()?;
+        let (base32, irq) = self.allocate()?;
+        let base = u64::from(base32);
         let irq_evt = evt()?;
         vm.register_irqfd(&irq_evt, irq)?;
         let transport = MmioTransport::new(device, mem.clone(), Arc::new(IrqTrigger::new(irq_evt)))
@@ -242,19 +246,30 @@ impl DeviceManager {
         let shared = Arc::new(Mutex::new(transport));
         self.mmio_bus
             .insert(shared.clone(), base, VIRTIO_MMIO_SIZE)?;
-        self.cmdline.push(format!(
-            "virtio_mmio.device={}K@{:#x}:{}",
-            VIRTIO_MMIO_SIZE >> 10,
-            base,
-            irq
-        ));
+        self.virtio_info.push(VirtioMmioInfo { base: base32, irq });
         self.virtio.push(shared.clone());
         Ok(shared)
     }
 
-    /// The `virtio_mmio.device=` entries for the kernel command line.
-    pub fn cmdline_entries(&self) -> &[String] {
-        &self.cmdline
+    /// Where the virtio devices are, for the ACPI tables.
+    pub fn virtio_info(&self) -> &[VirtioMmioInfo] {
+        &self.virtio_info
+    }
+
+    /// The `virtio_mmio.device=` entries for the kernel command line, for
+    /// guests booted without ACPI.
+    pub fn cmdline_entries(&self) -> Vec<String> {
+        self.virtio_info
+            .iter()
+            .map(|d| {
+                format!(
+                    "virtio_mmio.device={}K@{:#x}:{}",
+                    VIRTIO_MMIO_SIZE >> 10,
+                    d.base,
+                    d.irq
+                )
+            })
+            .collect()
     }
 
     /// The port I/O bus, for the vCPUs.

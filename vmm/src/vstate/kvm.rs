@@ -11,14 +11,14 @@ use kvm_ioctls::{Cap, Kvm};
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// /dev/kvm does not exist.
-    #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel, kvm_amd or kvm_pvm, or enable virtualization in the firmware)")]
-    Missing,
+    #[error("{0} does not exist: this host has no KVM (load kvm_intel, kvm_amd or kvm_pvm, or enable virtualization in the firmware)")]
+    Missing(String),
     /// /dev/kvm exists but we may not open it.
-    #[error("permission denied opening /dev/kvm: add your user to the 'kvm' group or run as root")]
-    PermissionDenied,
+    #[error("permission denied opening {0}: add your user to the 'kvm' group or run as root")]
+    PermissionDenied(String),
     /// Another error opening /dev/kvm.
-    #[error("cannot open /dev/kvm: {0}")]
-    Open(std::io::Error),
+    #[error("cannot open {0}: {1}")]
+    Open(String, std::io::Error),
     /// The kernel speaks another KVM API version.
     #[error("KVM API version {0} is not supported (vmm needs {KVM_API_VERSION})")]
     ApiVersion(i32),
@@ -97,12 +97,16 @@ pub struct KvmContext {
 }
 
 impl KvmContext {
-    /// Open `/dev/kvm` and check the API version and required capabilities.
-    pub fn open() -> Result<Self, KvmError> {
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
-            libc::ENOENT => KvmError::Missing,
-            libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
-            _ => KvmError::Open(std::io::Error::from_raw_os_error(e.errno())),
+    /// Open the KVM device (normally `/dev/kvm`) and check the API version
+    /// and required capabilities.
+    pub fn open(path: &Path) -> Result<Self, KvmError> {
+        let p = path.display().to_string();
+        let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| KvmError::Missing(p.clone()))?;
+        let kvm = Kvm::new_with_path(cpath).map_err(|e| match e.errno() {
+            libc::ENOENT => KvmError::Missing(p.clone()),
+            libc::EACCES | libc::EPERM => KvmError::PermissionDenied(p.clone()),
+            _ => KvmError::Open(p.clone(), std::io::Error::from_raw_os_error(e.errno())),
         })?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION as i32 {
@@ -187,11 +191,16 @@ mod tests {
 
     #[test]
     fn this_host_opens_when_kvm_is_present() {
+        let missing = KvmContext::open(Path::new("/nonexistent/kvm"));
+        assert!(matches!(missing, Err(KvmError::Missing(_))));
         if !Path::new("/dev/kvm").exists() {
-            assert!(matches!(KvmContext::open(), Err(KvmError::Missing)));
+            assert!(matches!(
+                KvmContext::open(Path::new("/dev/kvm")),
+                Err(KvmError::Missing(_))
+            ));
             return;
         }
-        let k = KvmContext::open().expect("KVM on this host");
+        let k = KvmContext::open(Path::new("/dev/kvm")).expect("KVM on this host");
         assert!(k.max_vcpus() >= 1);
         assert!(k.supported_cpuid().unwrap().as_slice().len() > 4);
     }

@@ -7,9 +7,15 @@
 //!   writes SLP_TYP (from the DSDT's `_S5_`) with SLP_EN and vmm stops;
 //! - reboot: the FADT's reset register, next to it;
 //! - panic notification: a pvpanic device (`QEMU0001`) in the DSDT;
-//! - an i8042 (IAPC_BOOT_ARCH says so) and no VGA, no CMOS RTC.
+//! - its devices: COM1 (`PNP0501`), the i8042 (`PNP0303`) and every virtio-mmio
+//!   device (`LNRO0005`) with their ports, MMIO windows and interrupts. On a
+//!   hardware-reduced platform Linux maps interrupts only for devices ACPI
+//!   describes, so nothing goes on the command line;
+//! - no VGA, no CMOS RTC (IAPC_BOOT_ARCH).
 
-use acpi_tables::aml::{Device, Name, Package, Path, ResourceTemplate, IO};
+use acpi_tables::aml::{
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, IO,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
@@ -23,7 +29,8 @@ use devices::legacy::power::{self, RESET_VALUE, SLP_TYP_S5};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    ACPI_ADDR, ACPI_END, ACPI_PM_PORT, APIC_ADDR_32, IOAPIC_ADDR_32, PVPANIC_PORT,
+    ACPI_ADDR, ACPI_END, ACPI_PM_PORT, APIC_ADDR_32, I8042_PORT, IOAPIC_ADDR_32, IRQ_I8042_KBD,
+    IRQ_SERIAL, PVPANIC_PORT, SERIAL_PORT, VIRTIO_MMIO_SIZE_32,
 };
 
 /// Errors of [`self`].
@@ -66,21 +73,90 @@ fn io_reg(port: u64) -> GAS {
     GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
 }
 
-fn dsdt() -> Vec<u8> {
-    let s5 = Name::new(
-        Path::new("_S5_"),
-        &Package::new(vec![&SLP_TYP_S5, &0u8, &0u8, &0u8]),
+/// A virtio-mmio device as the DSDT describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioInfo {
+    /// Base of its register window (one page).
+    pub base: u32,
+    /// Its GSI.
+    pub irq: u32,
+}
+
+/// An edge-triggered, active-high, exclusive interrupt: what an irqfd gives.
+fn edge_irq(gsi: u32) -> Interrupt {
+    Interrupt::new(true, true, false, false, gsi)
+}
+
+fn port(p: u64) -> u16 {
+    // Layout ports are all 16-bit (checked by the tests of this module).
+    u16::try_from(p).unwrap_or(u16::MAX)
+}
+
+fn dsdt(virtio: &[VirtioMmioInfo]) -> Vec<u8> {
+    let mut body = Vec::new();
+
+    // Soft off: SLP_TYP for S5.
+    aml_into(
+        &mut body,
+        &Name::new(
+            Path::new("_S5_"),
+            &Package::new(vec![&SLP_TYP_S5, &0u8, &0u8, &0u8]),
+        ),
     );
-    let port = u16::try_from(PVPANIC_PORT).unwrap_or(0x505);
+
+    // COM1.
+    let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0501"));
+    let uid = Name::new(Path::new("_UID"), &0u8);
+    let io = IO::new(port(SERIAL_PORT), port(SERIAL_PORT), 1, 8);
+    let irq = edge_irq(IRQ_SERIAL);
+    let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&io, &irq]));
+    aml_into(
+        &mut body,
+        &Device::new(Path::new("COM1"), vec![&hid, &uid, &crs]),
+    );
+
+    // i8042 keyboard controller: data port, command/status port, keyboard IRQ.
+    let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0303"));
+    let data = IO::new(port(I8042_PORT), port(I8042_PORT), 1, 1);
+    let cmd = IO::new(port(I8042_PORT + 4), port(I8042_PORT + 4), 1, 1);
+    let irq = edge_irq(IRQ_I8042_KBD);
+    let crs = Name::new(
+        Path::new("_CRS"),
+        &ResourceTemplate::new(vec![&data, &cmd, &irq]),
+    );
+    aml_into(&mut body, &Device::new(Path::new("PS2K"), vec![&hid, &crs]));
+
+    // pvpanic: the guest reports a kernel panic.
     let hid = Name::new(Path::new("_HID"), &"QEMU0001");
-    let io = IO::new(port, port, 1, 1);
+    let io = IO::new(port(PVPANIC_PORT), port(PVPANIC_PORT), 1, 1);
     let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&io]));
     let sta = Name::new(Path::new("_STA"), &0x0fu8);
-    let pvpanic = Device::new(Path::new("PEVT"), vec![&hid, &crs, &sta]);
+    aml_into(
+        &mut body,
+        &Device::new(Path::new("PEVT"), vec![&hid, &crs, &sta]),
+    );
+
+    // virtio-mmio devices.
+    for (i, dev) in (0u32..).zip(virtio) {
+        let hid = Name::new(Path::new("_HID"), &"LNRO0005");
+        let uid = Name::new(Path::new("_UID"), &i);
+        let mem = Memory32Fixed::new(true, dev.base, VIRTIO_MMIO_SIZE_32);
+        let irq = edge_irq(dev.irq);
+        let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&mem, &irq]));
+        let name = format!("VR{:02X}", i & 0xff);
+        aml_into(
+            &mut body,
+            &Device::new(Path::new(&name), vec![&hid, &uid, &crs]),
+        );
+    }
+
     let mut t = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    t.append_slice(&aml(&s5));
-    t.append_slice(&aml(&pvpanic));
+    t.append_slice(&body);
     t.as_slice().to_vec()
+}
+
+fn aml_into(sink: &mut Vec<u8>, obj: &dyn Aml) {
+    obj.to_aml_bytes(sink);
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
@@ -120,10 +196,17 @@ fn align8(x: u64) -> u64 {
 
 /// Build all tables for `cpus` vCPUs, laid out from `base`; returns
 /// `(address, bytes)` pieces, the RSDP first at `base`.
-pub fn build(cpus: u32, base: u64) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+pub fn build(
+    cpus: u32,
+    virtio: &[VirtioMmioInfo],
+    base: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let rsdp_len = Rsdp::len() as u64;
     let dsdt_addr = align8(base + rsdp_len);
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio);
+    if virtio.len() > 256 {
+        return Err(AcpiError::TooBig(dsdt.len() as u64));
+    }
     let fadt_addr = align8(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align8(fadt_addr + fadt.len() as u64);
@@ -148,8 +231,12 @@ pub fn build(cpus: u32, base: u64) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
 }
 
 /// Write the tables into guest memory; returns the RSDP address.
-pub fn setup(mem: &GuestMemoryMmap, cpus: u32) -> Result<u64, AcpiError> {
-    for (addr, bytes) in build(cpus, ACPI_ADDR)? {
+pub fn setup(
+    mem: &GuestMemoryMmap,
+    cpus: u32,
+    virtio: &[VirtioMmioInfo],
+) -> Result<u64, AcpiError> {
+    for (addr, bytes) in build(cpus, virtio, ACPI_ADDR)? {
         mem.write_slice(&bytes, GuestAddress(addr))?;
     }
     Ok(ACPI_ADDR)
@@ -170,7 +257,7 @@ mod tests {
 
     #[test]
     fn tables_are_linked_and_checksummed() {
-        let t = build(4, ACPI_ADDR).unwrap();
+        let t = build(4, &[], ACPI_ADDR).unwrap();
         let (rsdp_addr, rsdp) = &t[0];
         assert_eq!(*rsdp_addr, ACPI_ADDR);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
@@ -200,7 +287,7 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_with_power_registers() {
-        let t = build(1, ACPI_ADDR).unwrap();
+        let t = build(1, &[], ACPI_ADDR).unwrap();
         let (_, f) = find(&t, b"FACP");
         let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
@@ -228,8 +315,18 @@ mod tests {
     }
 
     #[test]
-    fn dsdt_has_s5_and_pvpanic() {
-        let d = dsdt();
+    fn dsdt_describes_s5_and_every_device() {
+        let virtio = [
+            VirtioMmioInfo {
+                base: 0xd000_1000,
+                irq: 5,
+            },
+            VirtioMmioInfo {
+                base: 0xd000_2000,
+                irq: 6,
+            },
+        ];
+        let d = dsdt(&virtio);
         let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
         // Name(_S5_, Package(4) {5, 0, 0, 0})
         assert!(has(&[
@@ -238,11 +335,37 @@ mod tests {
         assert!(has(b"QEMU0001\0"));
         // IO(Decode16, 0x505, 0x505, 1, 1)
         assert!(has(&[0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
+        // COM1: EISA ID PNP0501, ports 0x3f8..0x3ff, extended IRQ 4.
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        assert!(has(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0, 0, 0]));
+        // i8042: PNP0303 with IRQ 1.
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x03, 0x03]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x01, 0, 0, 0]));
+        // Both virtio devices with their window and IRQ.
+        assert_eq!(d.windows(9).filter(|w| w == b"LNRO0005\0").count(), 2);
+        assert!(has(&[
+            0x86, 0x09, 0x00, 0x01, 0x00, 0x20, 0x00, 0xd0, 0x00, 0x10, 0, 0
+        ]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x06, 0, 0, 0]));
+        assert!(has(b"VR01"));
+    }
+
+    #[test]
+    fn many_virtio_devices_fit() {
+        let virtio: Vec<_> = (0..19)
+            .map(|i| VirtioMmioInfo {
+                base: 0xd000_1000 + i * 0x1000,
+                irq: 5 + i,
+            })
+            .collect();
+        let t = build(64, &virtio, ACPI_ADDR).unwrap();
+        assert!(t.iter().all(|(a, b)| a + b.len() as u64 <= ACPI_END));
     }
 
     #[test]
     fn madt_lists_every_cpu_and_the_ioapic() {
-        let t = build(3, ACPI_ADDR).unwrap();
+        let t = build(3, &[], ACPI_ADDR).unwrap();
         let (_, m) = find(&t, b"APIC");
         assert_eq!(
             u32::from_le_bytes(m[36..40].try_into().unwrap()),
@@ -263,7 +386,7 @@ mod tests {
         assert_eq!(lapics, vec![(0, 0, 1), (1, 1, 1), (2, 2, 1)]);
         assert_eq!(ioapic, Some(3));
         assert!(matches!(
-            build(300, ACPI_ADDR),
+            build(300, &[], ACPI_ADDR),
             Err(AcpiError::TooManyCpus(300))
         ));
     }

@@ -34,7 +34,7 @@ pub enum BootError {
         source: std::io::Error,
     },
     /// The file is neither an ELF vmlinux nor a bzImage.
-    #[error("{path} is not a Linux kernel: neither an x86_64 ELF vmlinux ({elf}) nor a bzImage ({bzimage})")]
+    #[error("{path} is not a Linux kernel: neither an x86_64 ELF vmlinux nor a bzImage")]
     NotAKernel {
         /// The path given.
         path: String,

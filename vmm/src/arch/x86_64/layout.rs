@@ -64,7 +64,9 @@ pub const DEBUG_DEVICE_SIZE: u64 = 0x1000;
 /// First virtio-mmio device.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_1000;
 /// Spacing of virtio-mmio devices (one page each).
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_MMIO_SIZE: u64 = VIRTIO_MMIO_SIZE_32 as u64;
+/// The same, as 32-bit firmware tables carry it.
+pub const VIRTIO_MMIO_SIZE_32: u32 = 0x1000;
 /// End of the virtio-mmio window (exclusive).
 pub const VIRTIO_MMIO_END: u64 = 0xd100_0000;
 /// IOAPIC MMIO base.
