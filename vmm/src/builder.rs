@@ -116,6 +116,10 @@ pub fn default_cmdline(config: &VmConfig) -> String {
     // keyboard controller; reboot at once on panic instead of hanging (pvpanic
     // tells vmm first); there is no PCI bus to probe.
     let mut s = String::from("console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 pci=off");
+    if !config.acpi {
+        // Kernels with ACPI would otherwise search for tables that are not there.
+        s.push_str(" acpi=off");
+    }
     if let Some(root) = &config.rootfs {
         s.push_str(if root.read_only {
             " root=/dev/vda ro"
