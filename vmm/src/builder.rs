@@ -18,7 +18,7 @@ use crate::arch::x86_64::boot::{self, BootError, LoadedKernel};
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
-use crate::config::{BootProtocol, ConfigError, ConsoleConfig, VmConfig};
+use crate::config::{BootProtocol, ConfigError, ConsoleConfig, OnReboot, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::event_loop::{self, ConsoleInput, EventLoop, EventLoopError, SignalWatcher};
 use crate::exit::ExitReason;
@@ -106,8 +106,12 @@ pub struct RunOutcome {
     pub host: HostKind,
     /// Bytes the guest wrote to its console.
     pub console_bytes: u64,
-    /// Boot markers: (code, time since vmm started).
+    /// Boot markers of the last boot: (code, time since vmm started).
     pub markers: Vec<(u64, Duration)>,
+    /// A stop signal asked the guest to shut down.
+    pub stop_requested: bool,
+    /// How many times the guest was booted (more than one with `--on-reboot restart`).
+    pub boots: u64,
 }
 
 /// The kernel command line vmm always passes before the user's.
@@ -257,8 +261,9 @@ impl Drop for VcpuThreads {
     }
 }
 
-/// Build the VM described by `config` and run it until it stops. `start` is
-/// when vmm started, for boot-time markers.
+/// Build the VM described by `config` and run it until it stops (and again
+/// after each guest reboot with `--on-reboot restart`). `start` is when vmm
+/// started, for boot-time markers.
 pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError> {
     config.validate()?;
     // Before any thread exists, so every thread inherits the mask and the
@@ -269,8 +274,11 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError
     })?;
 
     let kvm = KvmContext::open(&config.kvm_device)?;
-    let host = kvm.host_kind();
-    log::info!("KVM host: {host}, up to {} vCPUs", kvm.max_vcpus());
+    log::info!(
+        "KVM host: {}, up to {} vCPUs",
+        kvm.host_kind(),
+        kvm.max_vcpus()
+    );
     if config.cpus as usize > kvm.max_vcpus() {
         return Err(BuilderError::TooManyVcpus {
             asked: config.cpus,
@@ -278,8 +286,51 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError
         });
     }
 
+    let stdin = std::io::stdin();
+    let forward_stdin = config.console == ConsoleConfig::Stdio && forwardable(&stdin);
+    let interactive = forward_stdin && stdin.is_terminal();
+    // Restored when this function returns, whichever way.
+    let _raw = if interactive {
+        RawTerminal::enter(stdin.as_raw_fd())
+    } else {
+        None
+    };
+
+    let mut boots = 1u64;
+    loop {
+        // Boot markers count from vmm's start for the first boot, from the
+        // restart for the others.
+        let boot_start = if boots == 1 { start } else { Instant::now() };
+        let mut outcome = run_once(
+            config,
+            &kvm,
+            boot_start,
+            forward_stdin.then_some(interactive),
+        )?;
+        outcome.boots = boots;
+        if outcome.reason == ExitReason::Reboot
+            && config.on_reboot == OnReboot::Restart
+            && !outcome.stop_requested
+        {
+            boots += 1;
+            log::info!("guest rebooted: starting boot {boots}");
+            continue;
+        }
+        return Ok(outcome);
+    }
+}
+
+/// One boot of the VM, from fresh memory and devices to its exit.
+/// `stdin` is `Some(interactive)` when stdin is forwarded to the console.
+fn run_once(
+    config: &VmConfig,
+    kvm: &KvmContext,
+    start: Instant,
+    stdin: Option<bool>,
+) -> Result<RunOutcome, BuilderError> {
+    let host = kvm.host_kind();
     let mem = memory::create_guest_memory(config.mem_bytes)?;
-    let vm = Vm::new(&kvm)?;
+    let vm = Vm::new(kvm)?;
     memory::register_with_kvm(vm.fd(), &mem)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(|source| BuilderError::Host {
@@ -305,33 +356,30 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut event_loop = EventLoop::new(exit.clone())?;
-    event_loop.add(Arc::new(Mutex::new(SignalWatcher::new(exit.clone())?)));
+    event_loop.add(Arc::new(Mutex::new(SignalWatcher::new(
+        exit.clone(),
+        dm.i8042.clone(),
+        config.shutdown_timeout,
+    )?)));
     for s in dm.subscribers() {
         event_loop.add(s);
     }
-    let stdin = std::io::stdin();
-    let _raw = if config.console == ConsoleConfig::Stdio && forwardable(&stdin) {
-        let interactive = stdin.is_terminal();
+    if let Some(interactive) = stdin {
+        let rx_room = dm
+            .serial_rx_room
+            .try_clone()
+            .map_err(|source| BuilderError::Host {
+                what: "cannot clone an event fd",
+                source,
+            })?;
         event_loop.add(Arc::new(Mutex::new(ConsoleInput::new(
-            stdin.as_raw_fd(),
+            std::io::stdin().as_raw_fd(),
             interactive,
             dm.serial.clone(),
-            dm.serial_rx_room
-                .try_clone()
-                .map_err(|source| BuilderError::Host {
-                    what: "cannot clone an event fd",
-                    source,
-                })?,
+            rx_room,
             exit.clone(),
         ))));
-        if interactive {
-            RawTerminal::enter(stdin.as_raw_fd())
-        } else {
-            None
-        }
-    } else {
-        None
-    };
+    }
 
     let (io, mmio) = (dm.io_bus(), dm.mmio_bus());
     let mut threads = VcpuThreads(Vec::new());
@@ -359,6 +407,8 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError
         host,
         console_bytes: dm.console_bytes.load(Ordering::Relaxed),
         markers,
+        stop_requested: exit.shutdown_signal().is_some(),
+        boots: 1,
     })
 }
 

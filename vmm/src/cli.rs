@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{parse_size, BootProtocol, ConfigError, DiskConfig, VmConfig};
+use crate::config::{parse_size, BootProtocol, ConfigError, DiskConfig, OnReboot, VmConfig};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -81,6 +81,15 @@ pub struct Cli {
     #[arg(long)]
     pub no_acpi: bool,
 
+    /// What a guest reboot does: exit (status 0) or restart the guest.
+    #[arg(long, default_value = "exit", value_parser = ["exit", "restart"])]
+    pub on_reboot: String,
+
+    /// Seconds the guest gets to shut down after SIGTERM/SIGINT/SIGHUP before
+    /// vmm stops it (a second signal stops it at once).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub shutdown_timeout: f64,
+
     /// The KVM device to use.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
     pub kvm_device: PathBuf,
@@ -110,6 +119,13 @@ impl Cli {
         c.cmdline_extra = self.cmdline.clone();
         c.acpi = !self.no_acpi;
         c.kvm_device = self.kvm_device.clone();
+        c.on_reboot = if self.on_reboot == "restart" {
+            OnReboot::Restart
+        } else {
+            OnReboot::Exit
+        };
+        c.shutdown_timeout = std::time::Duration::try_from_secs_f64(self.shutdown_timeout)
+            .map_err(|_| ConfigError::ShutdownTimeout(self.shutdown_timeout.to_string()))?;
         c.console = self.console.parse()?;
         c.boot = match self.boot.as_str() {
             "linux" => BootProtocol::Linux,

@@ -61,6 +61,9 @@ pub enum ConfigError {
     /// A --console option could not be parsed.
     #[error("invalid --console '{0}': use stdio, file:PATH or none")]
     Console(String),
+    /// The shutdown timeout is negative or not a number.
+    #[error("invalid --shutdown-timeout '{0}': give a number of seconds, e.g. 10 or 2.5")]
+    ShutdownTimeout(String),
     /// The extra command line has characters the kernel cannot take.
     #[error("--cmdline must be printable ASCII without NUL bytes")]
     Cmdline,
@@ -142,6 +145,17 @@ impl fmt::Display for BootProtocol {
     }
 }
 
+/// What happens when the guest reboots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnReboot {
+    /// vmm exits with status 0.
+    #[default]
+    Exit,
+    /// vmm boots the guest again from scratch (fresh memory and devices; disk
+    /// contents persist). A reboot asked for by a stop signal still exits.
+    Restart,
+}
+
 /// A complete, validated VM description.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -165,6 +179,10 @@ pub struct VmConfig {
     pub boot: BootProtocol,
     /// The KVM device.
     pub kvm_device: PathBuf,
+    /// What a guest reboot does.
+    pub on_reboot: OnReboot,
+    /// How long the guest gets to shut down after SIGTERM/SIGINT/SIGHUP.
+    pub shutdown_timeout: std::time::Duration,
     /// Describe the platform with ACPI (devices in the DSDT); without it, the
     /// MP table and `virtio_mmio.device=` command-line entries.
     pub acpi: bool,
@@ -185,6 +203,8 @@ impl VmConfig {
             boot: BootProtocol::Auto,
             acpi: true,
             kvm_device: PathBuf::from("/dev/kvm"),
+            on_reboot: OnReboot::Exit,
+            shutdown_timeout: std::time::Duration::from_secs(10),
         }
     }
 

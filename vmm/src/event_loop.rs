@@ -6,9 +6,14 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use devices::legacy::SerialDevice;
+use std::time::Duration;
+
+use devices::legacy::{SerialDevice, I8042};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::device_manager::KbdSink;
 
 use crate::exit::{ExitReason, ExitSignal};
 
@@ -208,11 +213,16 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
-/// Stops the VM on SIGTERM, SIGINT or SIGHUP, read through a signalfd. The
-/// signals are blocked in every thread so they only arrive here.
+/// Handles SIGTERM, SIGINT and SIGHUP (read through a signalfd; the signals
+/// are blocked in every thread so they only arrive here). The first asks the
+/// guest to shut down by pressing Ctrl-Alt-Del on its keyboard and arms a
+/// timer; the VM is stopped when the timer fires or a second signal comes.
 pub struct SignalWatcher {
     fd: OwnedFd,
+    timer: TimerFd,
+    timeout: Duration,
     exit: Arc<ExitSignal>,
+    i8042: Arc<Mutex<I8042<KbdSink>>>,
 }
 
 /// The signals that stop vmm.
@@ -243,8 +253,13 @@ pub fn block_stop_signals() -> std::io::Result<()> {
 }
 
 impl SignalWatcher {
-    /// A signalfd for the stop signals (which must already be blocked).
-    pub fn new(exit: Arc<ExitSignal>) -> Result<Self, EventLoopError> {
+    /// A signalfd for the stop signals (which must already be blocked); the
+    /// guest gets `timeout` to shut down after the first one.
+    pub fn new(
+        exit: Arc<ExitSignal>,
+        i8042: Arc<Mutex<I8042<KbdSink>>>,
+        timeout: Duration,
+    ) -> Result<Self, EventLoopError> {
         let set = sigset(&STOP_SIGNALS);
         // SAFETY: `set` is valid; -1 asks for a new fd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
@@ -253,7 +268,34 @@ impl SignalWatcher {
         }
         // SAFETY: signalfd returned a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, exit })
+        let timer = TimerFd::new().map_err(|e| EventLoopError::Signals(e.into()))?;
+        Ok(Self {
+            fd,
+            timer,
+            timeout,
+            exit,
+            i8042,
+        })
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        if !self.exit.note_shutdown_signal(sig) {
+            log::warn!("signal {sig} again: stopping the VM now");
+            self.exit.request(ExitReason::Signal(sig));
+            return;
+        }
+        log::warn!(
+            "signal {sig}: asking the guest to shut down (Ctrl-Alt-Del); it is stopped in {:.1} s, or at once on another signal",
+            self.timeout.as_secs_f64()
+        );
+        devices::bus::lock(&self.i8042).send_ctrl_alt_del();
+        if let Err(e) = self
+            .timer
+            .reset(self.timeout.max(Duration::from_millis(1)), None)
+        {
+            log::error!("cannot arm the shutdown timer ({e}): stopping the VM now");
+            self.exit.request(ExitReason::Signal(sig));
+        }
     }
 
     fn next_signal(&self) -> Option<i32> {
@@ -273,16 +315,27 @@ impl SignalWatcher {
 }
 
 impl MutEventSubscriber for SignalWatcher {
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        while let Some(sig) = self.next_signal() {
-            log::info!("received signal {sig}: stopping the VM");
+    fn process(&mut self, events: Events, _: &mut EventOps) {
+        if events.fd() == self.timer.as_raw_fd() {
+            let _ = self.timer.wait();
+            let sig = self.exit.shutdown_signal().unwrap_or(libc::SIGTERM);
+            log::warn!(
+                "the guest did not shut down within {:.1} s of signal {sig}: stopping it",
+                self.timeout.as_secs_f64()
+            );
             self.exit.request(ExitReason::Signal(sig));
+            return;
+        }
+        while let Some(sig) = self.next_signal() {
+            self.on_signal(sig);
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.fd, event_manager::EventSet::IN)) {
-            log::error!("cannot watch signals: {e:?}");
+        for fd in [self.fd.as_raw_fd(), self.timer.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, event_manager::EventSet::IN)) {
+                log::error!("cannot watch signals: {e:?}");
+            }
         }
     }
 }

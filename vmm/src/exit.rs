@@ -98,6 +98,8 @@ impl fmt::Display for ExitReason {
 pub struct ExitSignal {
     reason: Mutex<Option<ExitReason>>,
     evt: EventFd,
+    /// The signal that asked the guest to shut down, if one did.
+    shutdown_signal: Mutex<Option<i32>>,
 }
 
 impl ExitSignal {
@@ -106,6 +108,7 @@ impl ExitSignal {
         Ok(Self {
             reason: Mutex::new(None),
             evt: EventFd::new(EFD_NONBLOCK)?,
+            shutdown_signal: Mutex::new(None),
         })
     }
 
@@ -128,6 +131,28 @@ impl ExitSignal {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Record that signal `sig` asked the guest to shut down; returns false
+    /// when an earlier signal already did.
+    pub fn note_shutdown_signal(&self, sig: i32) -> bool {
+        let mut s = self
+            .shutdown_signal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if s.is_some() {
+            return false;
+        }
+        *s = Some(sig);
+        true
+    }
+
+    /// The signal that asked the guest to shut down, if any.
+    pub fn shutdown_signal(&self) -> Option<i32> {
+        *self
+            .shutdown_signal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The event fd the event loop watches.
