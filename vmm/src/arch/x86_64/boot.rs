@@ -13,7 +13,6 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{self, BzImage, Elf, KernelLoader};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
@@ -21,6 +20,7 @@ use super::layout::{
     e820_map, low_ram_end, CMDLINE_ADDR, CMDLINE_ADDR_32, CMDLINE_MAX_SIZE, HIMEM_START,
     PVH_INFO_ADDR, ZERO_PAGE_ADDR,
 };
+use super::pvh_note::{self, PvhNoteError};
 
 /// Errors of [`self`].
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,14 @@ pub enum BootError {
     /// PVH boot was requested but the kernel has no PVH entry note.
     #[error("kernel {0} has no PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY); boot it with --boot linux or build it with CONFIG_PVH=y")]
     NoPvhEntry(String),
+    /// The PVH entry note is malformed or points outside the image or RAM.
+    #[error("kernel {path} has a bad PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): {source}")]
+    PvhNote {
+        /// The path given.
+        path: String,
+        /// What is wrong with it.
+        source: PvhNoteError,
+    },
     /// The initrd could not be opened or read.
     #[error("cannot read initrd {path}: {source}")]
     Initrd {
@@ -178,16 +186,17 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     check_elf_ident(&mut file, &p)?;
     let himem = Some(GuestAddress(HIMEM_START));
     let ram_end = low_ram_end(mem.last_addr().raw_value() + 1);
+    // Checked before loading: linux-loader trusts the note.
+    let pvh_entry =
+        pvh_note::read_pvh_entry(&mut file, ram_end).map_err(|source| BootError::PvhNote {
+            path: p.clone(),
+            source,
+        })?;
     let loaded = match Elf::load(mem, None, &mut file, himem) {
         Ok(r) => LoadedKernel {
             entry: r.kernel_load.raw_value(),
             end: r.kernel_end,
-            format: KernelFormat::Elf {
-                pvh_entry: match r.pvh_boot_cap {
-                    PvhBootCapability::PvhEntryPresent(a) => Some(a.raw_value()),
-                    _ => None,
-                },
-            },
+            format: KernelFormat::Elf { pvh_entry },
         },
         Err(elf_err) if is_format_mismatch(&elf_err) => {
             match BzImage::load(mem, None, &mut file, himem) {

@@ -6,4 +6,5 @@ pub mod boot;
 pub mod cpuid;
 pub mod layout;
 pub mod mptable;
+pub mod pvh_note;
 pub mod regs;
