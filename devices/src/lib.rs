@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod tap;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -578,7 +578,8 @@ impl MutEventSubscriber for MmioTransport {
             }
         }
         for fd in self.device.backend_fds() {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT_DATA, EventSet::IN)) {
+            let set = self.device.backend_event_set(fd);
+            if let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND_EVENT_DATA, set)) {
                 error!("virtio-mmio: cannot watch backend fd {fd}: {e}");
             }
         }
@@ -587,8 +588,8 @@ impl MutEventSubscriber for MmioTransport {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let data = events.data();
         if data == BACKEND_EVENT_DATA {
-            // Delivered even before activation: the fds are level-triggered and
-            // only the device knows how to quiesce its backend.
+            // Delivered even before activation: only the device knows how to
+            // quiesce its backend (level-triggered fds keep firing).
             let fd: RawFd = events.fd();
             self.device.backend_event(fd, events.event_set());
         } else if let Some((index, evt)) = usize::try_from(data)

@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -139,6 +140,13 @@ pub trait VirtioDevice: Send {
     /// Host fds (TAP, sockets) this device wants watched by the event loop.
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
+    }
+    /// How the event loop watches backend fd `fd`: level-triggered `IN` by
+    /// default. A device that may leave an fd readable (a TAP while the
+    /// driver has posted no receive buffers) asks for `EDGE_TRIGGERED`, so
+    /// the loop wakes once per new event instead of spinning.
+    fn backend_event_set(&self, _fd: RawFd) -> EventSet {
+        EventSet::IN
     }
     /// One of `backend_fds` is ready.
     fn backend_event(&mut self, _fd: RawFd, _events: EventSet) {}

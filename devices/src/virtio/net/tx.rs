@@ -1,0 +1,242 @@
+//! Transmit: frames from the guest's transmit queue to the backend.
+//!
+//! Each chain is checked (device-readable, inside guest memory, bounded
+//! length and descriptor count) while it is copied into a bounce buffer of
+//! the longest packet; the copy's header is then checked against the
+//! negotiated features, so the guest cannot change what was checked. Bad
+//! chains and refused frames are returned as used and counted. A full
+//! backend leaves the chain in the ring for the next attempt.
+
+use std::io;
+
+use log::debug;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
+
+use super::chain::{self, arm_notification, ChainError};
+use super::{inc, is_fatal, Active, Net, NetBackend, NetMetrics, VNET_HDR_LEN};
+
+/// Why transmission stopped for good.
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    /// The transmit ring is broken.
+    #[error(transparent)]
+    Queue(#[from] virtio_queue::Error),
+    /// The available ring announces chains that cannot be read.
+    #[error("the available ring announces chains that cannot be read")]
+    Stalled,
+    /// The backend failed.
+    #[error("{0}")]
+    Backend(io::Error),
+}
+
+/// What became of one chain.
+enum Sent {
+    /// Sent or dropped: return the chain.
+    Done,
+    /// The backend is full: keep the chain for later.
+    Blocked,
+    /// The backend is gone.
+    Failed(io::Error),
+}
+
+impl<B: NetBackend> Net<B> {
+    /// Send what the guest queued, then interrupt it if (EVENT_IDX
+    /// permitting) it wants to hear about the used chains.
+    pub(super) fn process_tx(&mut self) {
+        if self.needs_reset {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = false;
+        let result = transmit(
+            &mut self.backend,
+            active,
+            &mut self.tx_buf,
+            &mut self.tx_blocked,
+            &self.metrics,
+            &mut used,
+        );
+        if used && active.tx.needs_notification(&active.mem).unwrap_or(true) {
+            active.irq.signal_used_queue();
+        }
+        match result {
+            Ok(()) => {}
+            Err(TxError::Backend(e)) => self.backend_failed("write", &e),
+            Err(e) => self.queue_failed("transmit", &e),
+        }
+    }
+}
+
+/// The standard service loop: disable notifications, handle at most a
+/// queue's worth of chains, re-enable notifications and check again.
+fn transmit<B: NetBackend>(
+    backend: &mut B,
+    active: &mut Active,
+    buf: &mut [u8],
+    blocked: &mut bool,
+    metrics: &NetMetrics,
+    used: &mut bool,
+) -> Result<(), TxError> {
+    let acked = active.acked;
+    let (queue, mem) = (&mut active.tx, &active.mem);
+    loop {
+        queue.disable_notification(mem)?;
+        let size = queue.size();
+        let mut handled = 0;
+        while handled < size {
+            // `iter` refuses an available index more than a queue ahead.
+            let Some(chain) = queue.iter(mem)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            match send_chain(backend, chain, mem, size, buf, acked, metrics) {
+                Sent::Done => {}
+                Sent::Blocked => {
+                    queue.go_to_previous_position();
+                    *blocked = true;
+                    inc(&metrics.tx_blocked, 1);
+                    // Retried when the backend is writable again, or when
+                    // the driver adds a chain.
+                    arm_notification(queue, mem)?;
+                    return Ok(());
+                }
+                Sent::Failed(e) => {
+                    queue.go_to_previous_position();
+                    return Err(TxError::Backend(e));
+                }
+            }
+            queue.add_used(mem, head, 0)?;
+            *used = true;
+            handled += 1;
+        }
+        *blocked = false;
+        if !queue.enable_notification(mem)? {
+            return Ok(());
+        }
+        if handled == 0 {
+            // More is announced but nothing could be taken: never spin.
+            return Err(TxError::Stalled);
+        }
+    }
+}
+
+fn send_chain<B: NetBackend>(
+    backend: &mut B,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    max: u16,
+    buf: &mut [u8],
+    acked: u64,
+    metrics: &NetMetrics,
+) -> Sent {
+    let head = chain.head_index();
+    let packet = match gather(chain, mem, max, buf) {
+        Ok(len) => buf.get(..len).unwrap_or_default(),
+        Err(e) => {
+            debug!("virtio-net: transmit chain {head} refused: {e}");
+            match e {
+                ChainError::TooBig(_) => inc(&metrics.tx_dropped_too_big, 1),
+                _ => inc(&metrics.tx_bad_chains, 1),
+            }
+            return Sent::Done;
+        }
+    };
+    if let Err(why) = check_header(packet, acked) {
+        debug!("virtio-net: transmit chain {head} refused: {why}");
+        inc(&metrics.tx_dropped_bad_header, 1);
+        return Sent::Done;
+    }
+    loop {
+        match backend.write_frame(packet) {
+            Ok(_) => {
+                inc(&metrics.tx_frames, 1);
+                let frame_len = packet.len().saturating_sub(VNET_HDR_LEN);
+                inc(&metrics.tx_bytes, u64::try_from(frame_len).unwrap_or(0));
+                return Sent::Done;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_fatal(&e) => return Sent::Failed(e),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                // The TAP is down: like an unplugged cable.
+                inc(&metrics.tx_dropped_link_down, 1);
+                return Sent::Done;
+            }
+            Err(e) => {
+                // EINVAL (a header the backend rejects), ENOBUFS, ...
+                debug!("virtio-net: backend refused a frame: {e}");
+                inc(&metrics.tx_dropped_backend, 1);
+                return Sent::Done;
+            }
+        }
+    }
+}
+
+/// Copy a transmit chain into `buf`: every descriptor device-readable and
+/// inside guest memory, at most `buf.len()` bytes in all, at least a header.
+fn gather<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    max: u16,
+    buf: &mut [u8],
+) -> Result<usize, ChainError>
+where
+    M: std::ops::Deref,
+    M::Target: GuestMemory,
+{
+    let cap = buf.len();
+    let mut len = 0usize;
+    chain::walk(chain, max, |i, d| {
+        if d.is_write_only() {
+            return Err(ChainError::WrongDirection(i));
+        }
+        let end = usize::try_from(d.len())
+            .ok()
+            .and_then(|n| len.checked_add(n))
+            .filter(|&end| end <= cap)
+            .ok_or(ChainError::TooBig(cap))?;
+        let dst = buf.get_mut(len..end).ok_or(ChainError::TooBig(cap))?;
+        mem.read_slice(dst, d.addr())
+            .map_err(|_| ChainError::OutOfMemory(i))?;
+        len = end;
+        Ok(())
+    })?;
+    if len < VNET_HDR_LEN {
+        return Err(ChainError::TooShort(VNET_HDR_LEN));
+    }
+    Ok(len)
+}
+
+/// Refuse headers asking for what was not negotiated.
+fn check_header(packet: &[u8], acked: u64) -> Result<(), &'static str> {
+    let has = |feature: u32| acked & (1 << feature) != 0;
+    let (Some(&flags), Some(&gso)) = (packet.first(), packet.get(1)) else {
+        return Err("no header");
+    };
+    let (flags, gso) = (u32::from(flags), u32::from(gso));
+    if flags & !VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        return Err("flags other than NEEDS_CSUM");
+    }
+    if flags != 0 && !has(VIRTIO_NET_F_CSUM) {
+        return Err("NEEDS_CSUM without VIRTIO_NET_F_CSUM");
+    }
+    let ecn = gso & VIRTIO_NET_HDR_GSO_ECN != 0;
+    let ok = match gso & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE => !ecn,
+        VIRTIO_NET_HDR_GSO_TCPV4 => has(VIRTIO_NET_F_HOST_TSO4),
+        VIRTIO_NET_HDR_GSO_TCPV6 => has(VIRTIO_NET_F_HOST_TSO6),
+        _ => false,
+    };
+    if !ok || (ecn && !has(VIRTIO_NET_F_HOST_ECN)) {
+        return Err("GSO type not negotiated");
+    }
+    Ok(())
+}
