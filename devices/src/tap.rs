@@ -138,6 +138,21 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Another handle on the same TAP queue (a duplicated fd). A TAP vmm
+    /// created lives until the last handle is dropped.
+    pub fn try_clone(&self) -> Result<Self, TapError> {
+        Ok(Self {
+            file: self.file.try_clone().map_err(|source| TapError::Io {
+                name: self.name.clone(),
+                op: "dup",
+                source,
+            })?,
+            name: self.name.clone(),
+            created: self.created,
+            supported_offloads: self.supported_offloads,
+        })
+    }
+
     /// Attach to the existing TAP `name` without changing its addresses or
     /// link state; it outlives this value.
     pub fn attach(name: &str) -> Result<Self, TapError> {

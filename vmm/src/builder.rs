@@ -8,8 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
 use devices::legacy::ConsoleOutput;
+use devices::tap::Tap;
 use devices::virtio::block::{Block, BlockError};
+use devices::virtio::net::Net;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 
@@ -18,7 +22,9 @@ use crate::arch::x86_64::boot::{self, BootError, LoadedKernel};
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
-use crate::config::{BootProtocol, ConfigError, ConsoleConfig, OnReboot, VmConfig};
+use crate::config::{
+    BootProtocol, ConfigError, ConsoleConfig, NetConfig, OnReboot, TapConfig, VmConfig,
+};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::event_loop::{self, ConsoleInput, EventLoop, EventLoopError, SignalWatcher};
 use crate::exit::ExitReason;
@@ -68,6 +74,12 @@ pub enum BuilderError {
     /// The event loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// A TAP device.
+    #[error(transparent)]
+    Tap(#[from] devices::tap::TapError),
+    /// A network device.
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::NetError),
     /// The console file.
     #[error("cannot open console file {path}: {source}")]
     ConsoleFile {
@@ -124,6 +136,10 @@ pub fn default_cmdline(config: &VmConfig) -> String {
         // Kernels with ACPI would otherwise search for tables that are not there.
         s.push_str(" acpi=off");
     }
+    if let Some((i, n)) = config.nets.iter().enumerate().find(|(_, n)| n.ip.is_some()) {
+        s.push(' ');
+        s.push_str(&kernel_ip_param(i, n));
+    }
     if let Some(root) = &config.rootfs {
         s.push_str(if root.read_only {
             " root=/dev/vda ro"
@@ -132,6 +148,68 @@ pub fn default_cmdline(config: &VmConfig) -> String {
         });
     }
     s
+}
+
+/// The kernel's `ip=` parameter for network device `index` (ethN):
+/// `ip=client::gateway:netmask::device:off`.
+pub fn kernel_ip_param(index: usize, n: &NetConfig) -> String {
+    let Some((addr, prefix)) = n.ip else {
+        return String::new();
+    };
+    let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+    let gw = n.gw.map(|g| g.to_string()).unwrap_or_default();
+    format!("ip={addr}::{gw}:{mask}::eth{index}:off")
+}
+
+/// A MAC address for network device `index` that stays the same from one
+/// run of the same configuration to the next: locally administered, unicast,
+/// derived from the kernel, root file system and TAP.
+pub fn stable_mac(config: &VmConfig, index: usize) -> [u8; 6] {
+    // FNV-1a: stable across Rust versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(config.kernel.as_os_str().as_encoded_bytes());
+    if let Some(r) = &config.rootfs {
+        feed(r.path.as_os_str().as_encoded_bytes());
+    }
+    if let Some(TapConfig::Named(name)) = config.nets.get(index).map(|n| &n.tap) {
+        feed(name.as_bytes());
+    }
+    feed(&index.to_le_bytes());
+    let b = h.to_le_bytes();
+    // 02:xx: locally administered, unicast.
+    [0x02, b[0], b[1], b[2], b[3], b[4]]
+}
+
+/// Open every TAP of the configuration: they live as long as vmm, across
+/// guest restarts.
+fn open_taps(config: &VmConfig) -> Result<Vec<Tap>, BuilderError> {
+    let mut taps = Vec::new();
+    for (i, n) in config.nets.iter().enumerate() {
+        let tap = match &n.tap {
+            TapConfig::Named(name) => Tap::attach(name)?,
+            TapConfig::Auto => Tap::create(&format!("vmm{}n{i}", std::process::id()))?,
+        };
+        if let Some((addr, prefix)) = n.host_ip {
+            tap.set_ipv4(addr, prefix)?;
+        }
+        log::info!(
+            "network device eth{i} on TAP {}{}",
+            tap.name(),
+            if tap.created() {
+                " (created; removed when vmm exits)"
+            } else {
+                ""
+            }
+        );
+        taps.push(tap);
+    }
+    Ok(taps)
 }
 
 /// The complete command line: defaults, device entries, the user's extra.
@@ -296,6 +374,8 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError
         None
     };
 
+    let taps = open_taps(config)?;
+
     let mut boots = 1u64;
     loop {
         // Boot markers count from vmm's start for the first boot, from the
@@ -306,6 +386,7 @@ pub fn run(config: &VmConfig, start: Instant) -> Result<RunOutcome, BuilderError
             &kvm,
             boot_start,
             forward_stdin.then_some(interactive),
+            &taps,
         )?;
         outcome.boots = boots;
         if outcome.reason == ExitReason::Reboot
@@ -327,6 +408,7 @@ fn run_once(
     kvm: &KvmContext,
     start: Instant,
     stdin: Option<bool>,
+    taps: &[Tap],
 ) -> Result<RunOutcome, BuilderError> {
     let host = kvm.host_kind();
     let mem = memory::create_guest_memory(config.mem_bytes)?;
@@ -346,6 +428,13 @@ fn run_once(
             disk.path.display(),
             if disk.read_only { " (read-only)" } else { "" }
         );
+    }
+
+    for (i, (n, tap)) in config.nets.iter().zip(taps).enumerate() {
+        let mac = n.mac.unwrap_or_else(|| stable_mac(config, i));
+        let net = Net::new(tap.try_clone()?, mac)?;
+        dm.attach_virtio(&vm, &mem, Box::new(net))?;
+        log::info!("eth{i}: MAC {}", devices::virtio::net::format_mac(&mac));
     }
 
     let entry = load_guest(config, &mem, &dm, host)?;
@@ -466,6 +555,36 @@ mod tests {
             build_cmdline(&c, &[]),
             Err(BuilderError::Cmdline(_))
         ));
+    }
+
+    #[test]
+    fn kernel_ip_and_stable_macs() {
+        let mut c = VmConfig::new("k");
+        c.nets = vec![
+            "auto".parse().unwrap(),
+            "tap=t1,ip=10.0.0.2/24,gw=10.0.0.1".parse().unwrap(),
+        ];
+        assert_eq!(
+            kernel_ip_param(1, &c.nets[1]),
+            "ip=10.0.0.2::10.0.0.1:255.255.255.0::eth1:off"
+        );
+        assert!(default_cmdline(&c).contains(" ip=10.0.0.2::10.0.0.1:255.255.255.0::eth1:off"));
+        let n: NetConfig = "auto,ip=192.168.1.5/30".parse().unwrap();
+        assert_eq!(
+            kernel_ip_param(0, &n),
+            "ip=192.168.1.5:::255.255.255.252::eth0:off"
+        );
+        let n: NetConfig = "auto,ip=10.0.0.1/0".parse().unwrap();
+        assert_eq!(kernel_ip_param(0, &n), "ip=10.0.0.1:::0.0.0.0::eth0:off");
+        let (m0, m1) = (stable_mac(&c, 0), stable_mac(&c, 1));
+        assert_ne!(m0, m1);
+        assert_eq!(m0, stable_mac(&c, 0), "same configuration, same MAC");
+        for m in [m0, m1] {
+            assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
+        }
+        let mut other = c.clone();
+        other.kernel = "other".into();
+        assert_ne!(stable_mac(&other, 0), m0);
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub struct Cli {
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     pub disks: Vec<String>,
 
+    /// Network device on a TAP, appended as eth0, eth1, ...:
+    /// `tap=NAME` (an existing TAP) or `auto` (a TAP vmm creates and removes),
+    /// then optionally `,mac=MAC`, `,ip=ADDR/PREFIX[,gw=ADDR]` (configured by the
+    /// guest kernel) and, for auto, `,host=ADDR/PREFIX` (the host's side).
+    #[arg(long = "net", value_name = "SPEC")]
+    pub nets: Vec<String>,
+
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -115,6 +122,11 @@ impl Cli {
             .disks
             .iter()
             .map(|d| d.parse())
+            .collect::<Result<_, _>>()?;
+        c.nets = self
+            .nets
+            .iter()
+            .map(|n| n.parse())
             .collect::<Result<_, _>>()?;
         c.cmdline_extra = self.cmdline.clone();
         c.acpi = !self.no_acpi;

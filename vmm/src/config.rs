@@ -2,6 +2,7 @@
 //! checked before any KVM resource is created.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// Smallest guest memory vmm accepts.
@@ -58,6 +59,18 @@ pub enum ConfigError {
     /// The same image is attached twice.
     #[error("{0} is attached twice; a disk image can back only one device")]
     DuplicateDisk(PathBuf),
+    /// A --net option could not be parsed.
+    #[error("invalid --net '{0}': {1}")]
+    NetSpec(String, String),
+    /// Too many network devices.
+    #[error("{0} network devices given: vmm supports at most {MAX_NICS}")]
+    TooManyNics(usize),
+    /// The kernel can configure only one interface.
+    #[error("ip= is given for more than one --net: the kernel's ip= configures one interface; configure the others inside the guest")]
+    SeveralKernelIps,
+    /// The same TAP twice.
+    #[error("TAP {0} is given twice")]
+    DuplicateTap(String),
     /// A --console option could not be parsed.
     #[error("invalid --console '{0}': use stdio, file:PATH or none")]
     Console(String),
@@ -67,6 +80,102 @@ pub enum ConfigError {
     /// The extra command line has characters the kernel cannot take.
     #[error("--cmdline must be printable ASCII without NUL bytes")]
     Cmdline,
+}
+
+/// Most network devices a guest may have.
+pub const MAX_NICS: usize = 8;
+
+/// Which TAP a network device uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapConfig {
+    /// An existing TAP, left as it is when vmm exits.
+    Named(String),
+    /// A TAP vmm creates (`vmm<pid>n<index>`) and removes when it exits.
+    Auto,
+}
+
+/// One network device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The TAP behind it.
+    pub tap: TapConfig,
+    /// Its MAC address; generated from the VM's configuration when absent.
+    pub mac: Option<[u8; 6]>,
+    /// Guest address and prefix length, set up by the kernel (`ip=`).
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// Guest default gateway.
+    pub gw: Option<Ipv4Addr>,
+    /// Address and prefix length vmm puts on the host side of the TAP.
+    pub host_ip: Option<(Ipv4Addr, u8)>,
+}
+
+fn parse_cidr(s: &str, whole: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let err = || {
+        ConfigError::NetSpec(
+            whole.into(),
+            format!("'{s}' is not ADDRESS/PREFIX, e.g. 10.0.0.2/24"),
+        )
+    };
+    let (a, p) = s.split_once('/').ok_or_else(err)?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| err())?;
+    let prefix: u8 = p.parse().map_err(|_| err())?;
+    if prefix > 32 {
+        return Err(err());
+    }
+    Ok((addr, prefix))
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: String| ConfigError::NetSpec(s.into(), why);
+        let mut parts = s.split(',');
+        let tap = match parts.next() {
+            Some("auto") => TapConfig::Auto,
+            Some(p) => match p.strip_prefix("tap=") {
+                Some(name) if !name.is_empty() => TapConfig::Named(name.into()),
+                _ => return Err(bad("start with tap=NAME or auto".into())),
+            },
+            None => return Err(bad("empty".into())),
+        };
+        let mut n = NetConfig {
+            tap,
+            mac: None,
+            ip: None,
+            gw: None,
+            host_ip: None,
+        };
+        for part in parts {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("'{part}' is not KEY=VALUE")))?;
+            match k {
+                "mac" => {
+                    n.mac = Some(
+                        devices::virtio::net::parse_mac(v).map_err(|e| bad(format!("mac: {e}")))?,
+                    )
+                }
+                "ip" => n.ip = Some(parse_cidr(v, s)?),
+                "gw" => {
+                    n.gw = Some(
+                        v.parse()
+                            .map_err(|_| bad(format!("gw '{v}' is not an IPv4 address")))?,
+                    )
+                }
+                "host" => n.host_ip = Some(parse_cidr(v, s)?),
+                _ => return Err(bad(format!("unknown key '{k}' (mac, ip, gw, host)"))),
+            }
+        }
+        if n.gw.is_some() && n.ip.is_none() {
+            return Err(bad("gw= needs ip=".into()));
+        }
+        if n.host_ip.is_some() && n.tap != TapConfig::Auto {
+            return Err(bad(
+                "host= is only for auto TAPs; configure a named TAP on the host".into(),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// One block device.
@@ -167,6 +276,8 @@ pub struct VmConfig {
     pub rootfs: Option<DiskConfig>,
     /// Extra disks (/dev/vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Network devices (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
     /// Guest memory in bytes.
     pub mem_bytes: u64,
     /// vCPU count.
@@ -196,6 +307,7 @@ impl VmConfig {
             initrd: None,
             rootfs: None,
             disks: Vec::new(),
+            nets: Vec::new(),
             mem_bytes: 128 << 20,
             cpus: 1,
             cmdline_extra: String::new(),
@@ -248,6 +360,21 @@ impl VmConfig {
                 return Err(ConfigError::DuplicateDisk(d.path.clone()));
             }
             seen.push(canon);
+        }
+        if self.nets.len() > MAX_NICS {
+            return Err(ConfigError::TooManyNics(self.nets.len()));
+        }
+        if self.nets.iter().filter(|n| n.ip.is_some()).count() > 1 {
+            return Err(ConfigError::SeveralKernelIps);
+        }
+        let mut taps: Vec<&str> = Vec::new();
+        for n in &self.nets {
+            if let TapConfig::Named(name) = &n.tap {
+                if taps.contains(&name.as_str()) {
+                    return Err(ConfigError::DuplicateTap(name.clone()));
+                }
+                taps.push(name);
+            }
         }
         if !self
             .cmdline_extra
@@ -348,6 +475,35 @@ mod tests {
             ".",
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn net_specs() {
+        let n: NetConfig = "tap=tap0,mac=02:00:00:00:00:01,ip=10.0.0.2/24,gw=10.0.0.1"
+            .parse()
+            .unwrap();
+        assert_eq!(n.tap, TapConfig::Named("tap0".into()));
+        assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(n.ip, Some(("10.0.0.2".parse().unwrap(), 24)));
+        assert_eq!(n.gw, Some("10.0.0.1".parse().unwrap()));
+        let a: NetConfig = "auto,host=10.1.0.1/30,ip=10.1.0.2/30".parse().unwrap();
+        assert_eq!(a.tap, TapConfig::Auto);
+        assert_eq!(a.host_ip, Some(("10.1.0.1".parse().unwrap(), 30)));
+        for bad in [
+            "",
+            "tap=",
+            "eth0",
+            "auto,ip=10.0.0.2",
+            "auto,ip=10.0.0.2/33",
+            "auto,ip=300.0.0.1/24",
+            "auto,mac=zz",
+            "auto,gw=10.0.0.1",
+            "tap=t,host=10.0.0.1/24",
+            "auto,color=blue",
+            "auto,ip",
+        ] {
+            assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
         }
     }
 
