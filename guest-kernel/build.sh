@@ -89,7 +89,7 @@ else
     fi
 fi
 
-key=$( { echo "$source_id"; echo "recipe $recipe"; for f in "${fragments[@]}"; do echo "--- $f"; cat "$f"; done; } \
+key=$( { echo "$source_id"; echo "recipe $recipe"; for f in "${fragments[@]}"; do echo "--- fragment"; cat "$f"; done; } \
        | sha256sum | cut -c1-20)
 out="$cache/kernel/$key"
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
