@@ -12,6 +12,7 @@ pub mod config;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
+pub mod image;
 pub mod logger;
 pub mod terminal;
 pub mod vstate;
