@@ -1,6 +1,7 @@
 //! Conversions that must succeed, and what the layer images hold.
 
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
@@ -432,4 +433,98 @@ fn capability_mask_parsing() {
 fn limits_default_are_sane() {
     let l = Limits::default();
     assert!(l.max_layers >= 100 && l.max_entries >= 100_000 && l.max_json_bytes >= 1 << 20);
+}
+
+/// Unmounts on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount(args: &[&str], target: &Path) -> Option<Mount> {
+    fs::create_dir_all(target).unwrap();
+    let ok = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .ok()?
+        .status
+        .success();
+    ok.then(|| Mount(target.to_owned()))
+}
+
+/// The real thing: the layer images mounted read-only and stacked with
+/// overlayfs give the image's tree, whiteouts and opaque dirs honoured.
+#[test]
+fn overlay_of_the_layer_images_gives_the_image_tree() {
+    let t = TestDir::new("overlay");
+    let store = Store::new(t.join("cache")).unwrap();
+    let layers = [
+        Layer::gz(base_layer().build()),
+        Layer::plain(top_layer().build()),
+    ];
+    write_oci(&t.join("img"), &layers);
+    let image = store.import(&t.join("img")).unwrap();
+    let (base, top) = (
+        image.layers[0].path.display().to_string(),
+        image.layers[1].path.display().to_string(),
+    );
+    let Some(_b) = mount(&["-t", "ext4", "-o", "loop,ro", &base], &t.join("base")) else {
+        eprintln!("SKIPPED overlay test: cannot loop-mount here");
+        return;
+    };
+    let Some(_t) = mount(&["-t", "ext4", "-o", "loop,ro", &top], &t.join("top")) else {
+        panic!("mounted the base layer but not the top one");
+    };
+    let lower = format!(
+        "lowerdir={}:{}",
+        t.join("top").display(),
+        t.join("base").display()
+    );
+    let Some(_o) = mount(
+        &["-t", "overlay", "overlay", "-o", &lower],
+        &t.join("merged"),
+    ) else {
+        eprintln!("SKIPPED overlay test: cannot mount overlayfs here");
+        return;
+    };
+    let m = t.join("merged");
+    assert_eq!(
+        fs::read(m.join("etc/passwd")).unwrap(),
+        b"root:x:0:0::/root:/bin/sh\n"
+    );
+    assert!(!m.join("etc/old").exists(), "whiteout hides the lower file");
+    assert_eq!(fs::read(m.join("etc/added")).unwrap(), b"added\n");
+    assert!(
+        !m.join("opt/keep").exists(),
+        "opaque directory hides the lower contents"
+    );
+    assert_eq!(fs::read(m.join("opt/new")).unwrap(), b"new");
+    let tool = fs::metadata(m.join("usr/bin/tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o4755);
+    assert_eq!(fs::read_link(m.join("bin")).unwrap(), Path::new("usr/bin"));
+    let home = fs::metadata(m.join("home/u")).unwrap();
+    assert_eq!((home.uid(), home.gid()), (1000, 1001));
+    let names: Vec<_> = fs::read_dir(&m)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!names.contains(&"lost+found".into()), "{names:?}");
+}
+
+#[test]
+fn cache_layout_and_permissions() {
+    let t = TestDir::new("layout");
+    let store = Store::new(t.path().join("cache")).unwrap();
+    assert_eq!(store.root(), t.join("cache"));
+    let tmp = fs::metadata(t.join("cache/layers/.tmp")).unwrap();
+    assert_eq!(tmp.mode() & 0o777, 0o700, "staging trees are root's alone");
+    let d = Digest::of(b"x");
+    assert_eq!(
+        store.layer_path(&d),
+        t.join(&format!("cache/layers/{}.ext4", d.hex()))
+    );
 }

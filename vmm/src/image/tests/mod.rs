@@ -141,19 +141,31 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 pub struct Layer {
     pub tar: Vec<u8>,
     pub gzip: bool,
+    /// Stored instead of the (compressed) tar: a truncated or altered blob.
+    pub blob: Option<Vec<u8>>,
 }
 
 impl Layer {
     pub fn plain(tar: Vec<u8>) -> Self {
-        Layer { tar, gzip: false }
+        Layer {
+            tar,
+            gzip: false,
+            blob: None,
+        }
     }
 
     pub fn gz(tar: Vec<u8>) -> Self {
-        Layer { tar, gzip: true }
+        Layer {
+            tar,
+            gzip: true,
+            blob: None,
+        }
     }
 
     pub fn blob(&self) -> Vec<u8> {
-        if self.gzip {
+        if let Some(b) = &self.blob {
+            b.clone()
+        } else if self.gzip {
             gzip(&self.tar)
         } else {
             self.tar.clone()
@@ -348,6 +360,17 @@ pub fn fsck_clean(img: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Whether `path` itself (not a link's target) has the xattr `name`.
+pub fn has_xattr(path: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings; a NULL buffer of size 0 only asks
+    // for the value's size, so nothing is written.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    r >= 0
 }
 
 /// The text of an import error.
