@@ -17,10 +17,11 @@
 //! - a guest connection to CID 2, port P connects to the Unix socket
 //!   `PATH_P`, or is refused with RST.
 //!
-//! Module layout: [`packet`](self) header format and checks, `chain`
+//! Module layout: `packet` the header format and its checks, `chain`
 //! descriptor chains, `conn` the per-connection state machine and credit
 //! accounting, `host` the listener and Unix socket calls, `handshake` the
-//! CONNECT line, `muxer` the connection table, inner epoll set and timers.
+//! CONNECT line, `muxer` the connection table, inner epoll set, timers and
+//! guest packet dispatch, `metrics` the counters.
 //!
 //! The guest is untrusted: malformed chains are returned unused and counted;
 //! headers are checked field by field (a spoofed source or foreign

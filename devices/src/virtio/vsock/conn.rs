@@ -11,8 +11,9 @@
 //! Counters are free-running `u32`s compared with wrapping arithmetic, as
 //! the spec defines them:
 //! - towards the host: `recv_cnt` bytes received from the guest, `fwd_cnt`
-//!   of them written to the host socket (or dropped because it is gone);
-//!   the guest may have `BUF_ALLOC - (recv_cnt - fwd_cnt)` more in flight.
+//!   of them written to the host socket (or dropped because it is gone),
+//!   `fwd_cnt_sent` the `fwd_cnt` the guest was last told; the guest may
+//!   send `BUF_ALLOC - (recv_cnt - fwd_cnt_sent)` more bytes.
 //! - towards the guest: `sent_cnt` bytes sent; the guest's `buf_alloc` and
 //!   `fwd_cnt` (from every packet it sends) give its free space.
 
@@ -244,12 +245,12 @@ impl Conn {
         self.out_extra = 0;
     }
 
-    /// Abort: close the host side, owe the guest an RST.
-    pub(super) fn reset(&mut self) {
+    /// Abort: close the host side (dropping what it did not take), owe the
+    /// guest an RST.
+    pub(super) fn reset(&mut self, m: &VsockMetrics) {
+        self.drop_out(m);
         self.send_rst = true;
         self.stream = None;
-        self.out = VecDeque::new();
-        self.out_extra = 0;
         self.deadline = None;
         self.send_request = false;
     }
@@ -389,7 +390,7 @@ impl Conn {
     /// the guest about directions the host closed, finish connections over
     /// in both directions, and bound every wait with a deadline (`linger`
     /// from `now`).
-    pub(super) fn settle(&mut self, now: Instant, linger: Duration) {
+    pub(super) fn settle(&mut self, now: Instant, linger: Duration, m: &VsockMetrics) {
         if self.send_rst || self.done || self.state != State::Established {
             return;
         }
@@ -408,7 +409,7 @@ impl Conn {
         if self.guest_no_send && self.guest_no_recv {
             // The guest closed: finish once its data is out.
             if self.out.is_empty() || self.host_gone {
-                self.reset();
+                self.reset(m);
             } else {
                 self.deadline.get_or_insert(now + linger);
             }

@@ -314,7 +314,7 @@ impl Muxer {
         let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        conn.settle(now, linger);
+        conn.settle(now, linger, &self.metrics);
         if conn.done {
             self.remove(slot);
             return;

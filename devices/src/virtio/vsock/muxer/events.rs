@@ -117,7 +117,7 @@ impl Muxer {
                 if conn.send_request {
                     return self.remove(slot);
                 }
-                conn.reset();
+                conn.reset(&metrics);
             }
             State::Requested | State::Established => {
                 if readable {
@@ -260,11 +260,11 @@ impl Muxer {
                 if conn.send_request {
                     return self.remove(slot);
                 }
-                conn.reset();
+                conn.reset(&metrics);
             }
             State::Established => {
                 inc(&metrics.shutdown_timeouts, 1);
-                conn.reset();
+                conn.reset(&metrics);
             }
         }
         self.reschedule(slot, now);

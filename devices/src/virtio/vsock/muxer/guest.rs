@@ -93,7 +93,7 @@ impl Muxer {
                     host::refuse(s, "connection reset");
                 }
             }
-            conn.reset();
+            conn.reset(&metrics);
         }
         self.reschedule(slot, now);
     }
@@ -109,12 +109,13 @@ impl Muxer {
         inc(&self.metrics.bad_headers, 1);
         match self.by_key.get(&(hdr.dst_port, hdr.src_port)).copied() {
             Some(slot) => {
+                let metrics = self.metrics.clone();
                 if let Some(conn) = self.conn(slot) {
                     if !conn.resetting() {
                         if let (State::Requested, Some(s)) = (conn.state, conn.stream.as_ref()) {
                             host::refuse(s, "connection reset");
                         }
-                        conn.reset();
+                        conn.reset(&metrics);
                     }
                 }
                 self.reschedule(slot, Instant::now());
