@@ -44,6 +44,35 @@ pub fn estimate(stats: &Stats) -> (u64, u64) {
     (blocks.max(MIN_BLOCKS), inodes)
 }
 
+/// What the layer has at `/lost+found`, which mkfs creates as a directory.
+enum LostFound {
+    /// Nothing: mkfs's directory is removed afterwards.
+    Absent,
+    /// A directory: mkfs merges it with its own.
+    Dir,
+    /// Something else (a whiteout, typically), moved to this name in the
+    /// staging root while mkfs runs, and moved back into place afterwards.
+    Aliased(String),
+}
+
+fn lost_and_found(staging: &Path) -> Result<LostFound, ImageError> {
+    let path = staging.join("lost+found");
+    match fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LostFound::Absent),
+        Err(e) => Err(ImageError::io("stat", path, e)),
+        Ok(m) if m.is_dir() => Ok(LostFound::Dir),
+        Ok(_) => {
+            let alias = (0..)
+                .map(|n| format!(".vmm-lost+found.{n}"))
+                .find(|a| fs::symlink_metadata(staging.join(a)).is_err())
+                .unwrap_or_default();
+            fs::rename(&path, staging.join(&alias))
+                .map_err(|e| ImageError::io("rename", &path, e))?;
+            Ok(LostFound::Aliased(alias))
+        }
+    }
+}
+
 /// Build the image `out` from `staging`. `layer` names it in errors.
 pub fn build(
     staging: &Path,
@@ -59,6 +88,7 @@ pub fn build(
         tool,
         detail,
     };
+    let lost_found = lost_and_found(staging)?;
     let (mut blocks, mut inodes) = estimate(stats);
     let mut attempt = 0;
     loop {
@@ -104,8 +134,16 @@ pub fn build(
     }
 
     let mut script = String::new();
-    if !stats.has_lost_found {
-        script.push_str("rmdir /lost+found\n");
+    match &lost_found {
+        LostFound::Dir => {}
+        LostFound::Absent => script.push_str("rmdir /lost+found\n"),
+        // `ln` and `unlink` leave link counts alone, so together they rename.
+        LostFound::Aliased(alias) => {
+            let _ = write!(
+                script,
+                "rmdir /lost+found\nln /{alias} /lost+found\nunlink /{alias}\n"
+            );
+        }
     }
     if let Some(r) = root {
         let secs = r

@@ -75,8 +75,6 @@ pub struct Stats {
     /// Inodes with extended attributes, and symbolic links too long to be
     /// stored in the inode: one block each at most.
     pub extra_blocks: u64,
-    /// Whether the layer has its own `/lost+found`.
-    pub has_lost_found: bool,
 }
 
 /// Metadata of the layer's root directory (from a `./` entry), which
@@ -207,9 +205,6 @@ impl Extractor<'_> {
             return self.whiteout(&dir, target, &shown);
         }
         let cname = cstring(name).ok_or_else(|| refuse("bad name".into()))?;
-        if parents.is_empty() && name == b"lost+found" {
-            self.stats.has_lost_found = true;
-        }
         // A later entry replaces an earlier one of the same name; a
         // directory over a directory only updates its metadata.
         let existing = super::fsops::stat_at(&dir, &cname).map_err(|e| io_err("stat", e))?;

@@ -528,3 +528,41 @@ fn cache_layout_and_permissions() {
         t.join(&format!("cache/layers/{}.ext4", d.hex()))
     );
 }
+
+#[test]
+fn lost_and_found_of_the_layer_is_kept() {
+    let t = TestDir::new("lostfound");
+    let store = Store::new(t.join("cache")).unwrap();
+    let layers = [
+        Layer::plain(
+            LayerTar::new()
+                .dir_full("lost+found", 0o700, 0, 0)
+                .file("lost+found/x", b"x")
+                .build(),
+        ),
+        Layer::plain(LayerTar::new().whiteout(".", "lost+found").build()),
+        Layer::plain(
+            LayerTar::new()
+                .file("f", b"f")
+                .hardlink("lost+found", "f")
+                .build(),
+        ),
+    ];
+    write_oci(&t.join("img"), &layers);
+    let image = store.import(&t.join("img")).unwrap();
+    let [dir, whiteout, linked] = [0, 1, 2].map(|i| image.layers[i].path.clone());
+    assert!(exists(&dir, "/lost+found/x"));
+    let st = stat(&whiteout, "/lost+found");
+    assert!(
+        st.contains("character special") && st.contains("00:00"),
+        "{st}"
+    );
+    fsck_clean(&whiteout);
+    let st = stat(&linked, "/lost+found");
+    assert!(
+        st.contains("Type: regular") && st.contains("Links: 2"),
+        "{st}"
+    );
+    assert_eq!(debugfs(&linked, "ls /").matches(".vmm-lost").count(), 0);
+    fsck_clean(&linked);
+}
