@@ -413,7 +413,9 @@ fn run_once(
     let host = kvm.host_kind();
     let mem = memory::create_guest_memory(config.mem_bytes)?;
     let vm = Vm::new(kvm)?;
-    memory::register_with_kvm(vm.fd(), &mem)?;
+    // KVM waits for a grace period to install a memory slot: let that wait
+    // overlap the set-up below, up to the vCPUs' start.
+    let slots = memory::register_with_kvm_in_background(kvm.kvm(), vm.fd(), &mem)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(|source| BuilderError::Host {
         what: "cannot create the exit event",
@@ -470,6 +472,7 @@ fn run_once(
         ))));
     }
 
+    slots.wait()?;
     let (io, mmio) = (dm.io_bus(), dm.mmio_bus());
     let mut threads = VcpuThreads(Vec::new());
     for vcpu in vcpus {

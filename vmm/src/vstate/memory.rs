@@ -1,8 +1,11 @@
 //! Guest memory: the layout's RAM ranges mapped with `vm-memory` and
 //! registered with KVM as memory slots.
 
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
+use std::thread::JoinHandle;
+
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::ram_ranges;
@@ -30,6 +33,9 @@ pub enum MemoryError {
         /// Why.
         source: kvm_ioctls::Error,
     },
+    /// The helper thread that registers memory slots could not be set up.
+    #[error("cannot register guest memory in the background: {0}")]
+    Helper(std::io::Error),
     /// The host does not have that much memory.
     #[error("--mem {want_mib} MiB is more than this host's {host_mib} MiB of RAM")]
     MoreThanHost {
@@ -95,6 +101,57 @@ pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryE
     Ok(())
 }
 
+/// Memory slots being registered with KVM on a helper thread.
+pub struct PendingSlots(Option<JoinHandle<Result<(), MemoryError>>>);
+
+impl PendingSlots {
+    /// Wait until every slot is registered.
+    pub fn wait(mut self) -> Result<(), MemoryError> {
+        match self.0.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(MemoryError::Helper(std::io::Error::other(
+                "the thread registering guest memory panicked",
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PendingSlots {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// [`register_with_kvm`] on a helper thread. Installing a slot makes KVM wait
+/// for an SRCU grace period (milliseconds, longer on an idle host), which can
+/// overlap the rest of the VM's set-up; call [`PendingSlots::wait`] before
+/// running a vCPU. The thread works on a duplicate of the VM fd and a clone
+/// of `mem`, so nothing it uses can go away under it.
+pub fn register_with_kvm_in_background(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+) -> Result<PendingSlots, MemoryError> {
+    // SAFETY: `vm` owns this fd and outlives the borrow, which only lasts for
+    // the dup below.
+    let dup = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }
+        .try_clone_to_owned()
+        .map_err(MemoryError::Helper)?;
+    // SAFETY: `dup` is a fresh duplicate of a VM fd; ownership passes to the
+    // new VmFd, which closes it.
+    let vm = unsafe { kvm.create_vmfd_from_rawfd(dup.into_raw_fd()) }
+        .map_err(|e| MemoryError::Helper(std::io::Error::from_raw_os_error(e.errno())))?;
+    let mem = mem.clone();
+    std::thread::Builder::new()
+        .name("memslots".into())
+        .spawn(move || register_with_kvm(&vm, &mem))
+        .map(|h| PendingSlots(Some(h)))
+        .map_err(MemoryError::Helper)
+}
+
 /// Total host RAM (MemTotal) in bytes, if /proc/meminfo says.
 pub fn host_memory_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -143,6 +200,32 @@ mod tests {
             create_guest_memory(1 << 50),
             Err(MemoryError::MoreThanHost { .. })
         ));
+    }
+
+    #[test]
+    fn background_registration_is_in_place_when_wait_returns() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            return;
+        }
+        let kvm = crate::vstate::kvm::KvmContext::open(std::path::Path::new("/dev/kvm")).unwrap();
+        let vm = crate::vstate::vm::Vm::new(&kvm).unwrap();
+        let mem = create_guest_memory(16 << 20).unwrap();
+        register_with_kvm_in_background(kvm.kvm(), vm.fd(), &mem)
+            .unwrap()
+            .wait()
+            .unwrap();
+        // Another slot over the same guest range is refused: the first one is there.
+        let host = mem.get_host_address(GuestAddress(0)).unwrap();
+        let overlap = kvm_userspace_memory_region {
+            slot: 1,
+            guest_phys_addr: 0,
+            memory_size: 4096,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the range is mapped by `mem`, which outlives `vm`.
+        let err = unsafe { vm.fd().set_user_memory_region(overlap) }.unwrap_err();
+        assert_eq!(err.errno(), libc::EEXIST);
     }
 
     #[test]
