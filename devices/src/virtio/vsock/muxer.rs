@@ -108,7 +108,6 @@ fn conn_events(out: bool) -> EventSet {
 }
 
 /// The host side of one vsock device.
-#[derive(Debug)]
 pub(super) struct Muxer {
     guest_cid: u64,
     listener: Listener,
@@ -130,6 +129,20 @@ pub(super) struct Muxer {
     pub(super) timeouts: Timeouts,
     metrics: Arc<VsockMetrics>,
     events: Vec<EpollEvent>,
+}
+
+impl std::fmt::Debug for Muxer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Muxer")
+            .field("guest_cid", &self.guest_cid)
+            .field("path", &self.listener.path())
+            .field("active", &self.active)
+            .field("connections", &(self.slots.len() - self.free.len()))
+            .field("handshakes", &self.handshakes)
+            .field("ready", &self.ready.len())
+            .field("rsts", &self.rsts.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Muxer {
