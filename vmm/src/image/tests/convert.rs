@@ -566,3 +566,86 @@ fn lost_and_found_of_the_layer_is_kept() {
     assert_eq!(debugfs(&linked, "ls /").matches(".vmm-lost").count(), 0);
     fsck_clean(&linked);
 }
+
+/// Run by [`conversion_without_root_is_refused_up_front`] in a child
+/// process without privileges; does nothing in a normal run.
+#[test]
+fn non_root_child() {
+    let Some(dir) = std::env::var_os("VMM_IMAGE_NONROOT_CHILD") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let store = Store::new(dir.join("cache")).unwrap();
+    let e = store.import(&dir.join("img")).unwrap_err();
+    assert!(matches!(e, ImageError::NotRoot { .. }), "{e}");
+    println!("NOTROOT-REFUSED: {e}");
+    assert_eq!(
+        fs::read_dir(dir.join("cache/layers/.tmp")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn conversion_without_root_is_refused_up_front() {
+    let Ok(setpriv) = which("setpriv") else {
+        eprintln!("SKIPPED non-root test: no setpriv");
+        return;
+    };
+    let t = TestDir::new("nonroot");
+    write_oci(
+        &t.join("img"),
+        &[Layer::plain(LayerTar::new().file("f", b"x").build())],
+    );
+    let out = Command::new("chmod")
+        .arg("-R")
+        .arg("a+rwX")
+        .arg(t.path())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let mut dir = t.path().to_owned();
+    while let Some(parent) = dir.parent() {
+        // The test directory must be reachable by nobody (it is under /tmp).
+        if fs::metadata(parent).unwrap().mode() & 0o001 == 0 {
+            eprintln!("SKIPPED non-root test: {} not searchable", parent.display());
+            return;
+        }
+        dir = parent.to_owned();
+    }
+    let out = Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "image::tests::convert::non_root_child",
+            "--nocapture",
+        ])
+        .env("VMM_IMAGE_NONROOT_CHILD", t.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("NOTROOT-REFUSED: image conversion needs root"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CAP_MKNOD"), "{stdout}");
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
