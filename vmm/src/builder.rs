@@ -14,6 +14,7 @@ use devices::legacy::ConsoleOutput;
 use devices::tap::Tap;
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::net::Net;
+use devices::virtio::vsock::Vsock;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 
@@ -80,6 +81,9 @@ pub enum BuilderError {
     /// A network device.
     #[error(transparent)]
     Net(#[from] devices::virtio::net::NetError),
+    /// The vsock device.
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::VsockError),
     /// The console file.
     #[error("cannot open console file {path}: {source}")]
     ConsoleFile {
@@ -412,10 +416,12 @@ fn run_once(
 ) -> Result<RunOutcome, BuilderError> {
     let host = kvm.host_kind();
     let mem = memory::create_guest_memory(config.mem_bytes)?;
-    let vm = Vm::new(kvm)?;
+    let vm = Vm::create(kvm)?;
     // KVM waits for a grace period to install a memory slot: let that wait
-    // overlap the set-up below, up to the vCPUs' start.
+    // overlap the set-up below (the irqchip's and PIT's waits included), up
+    // to the vCPUs' start.
     let slots = memory::register_with_kvm_in_background(kvm.kvm(), vm.fd(), &mem)?;
+    vm.setup_platform()?;
 
     let exit = Arc::new(ExitSignal::new().map_err(|source| BuilderError::Host {
         what: "cannot create the exit event",
@@ -437,6 +443,16 @@ fn run_once(
         let net = Net::new(tap.try_clone()?, mac)?;
         dm.attach_virtio(&vm, &mem, Box::new(net))?;
         log::info!("eth{i}: MAC {}", devices::virtio::net::format_mac(&mac));
+    }
+
+    if let Some(v) = &config.vsock {
+        let vsock = Vsock::new(v.cid, &v.socket)?;
+        dm.attach_virtio(&vm, &mem, Box::new(vsock))?;
+        log::info!(
+            "vsock: guest CID {}, host socket {}",
+            v.cid,
+            v.socket.display()
+        );
     }
 
     let entry = load_guest(config, &mem, &dm, host)?;

@@ -53,6 +53,12 @@ pub struct Cli {
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
 
+    /// vsock device: `cid=N,socket=PATH`. Host processes connect to the Unix
+    /// socket PATH and write `CONNECT <port>\n` to reach a guest port; guest
+    /// connections to host port P go to the Unix socket `PATH_P`.
+    #[arg(long, value_name = "SPEC")]
+    pub vsock: Option<String>,
+
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -128,6 +134,7 @@ impl Cli {
             .iter()
             .map(|n| n.parse())
             .collect::<Result<_, _>>()?;
+        c.vsock = self.vsock.as_deref().map(str::parse).transpose()?;
         c.cmdline_extra = self.cmdline.clone();
         c.acpi = !self.no_acpi;
         c.kvm_device = self.kvm_device.clone();

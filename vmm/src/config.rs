@@ -71,6 +71,9 @@ pub enum ConfigError {
     /// The same TAP twice.
     #[error("TAP {0} is given twice")]
     DuplicateTap(String),
+    /// A --vsock option could not be parsed.
+    #[error("invalid --vsock '{0}': {1}")]
+    VsockSpec(String, String),
     /// A --console option could not be parsed.
     #[error("invalid --console '{0}': use stdio, file:PATH or none")]
     Console(String),
@@ -178,6 +181,40 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// The vsock device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// Unix socket host processes connect to (`CONNECT <port>`); guest
+    /// connections to host port P go to `<path>_P`.
+    pub socket: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| ConfigError::VsockSpec(s.into(), why.into());
+        let mut cid = None;
+        let mut socket = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    cid = Some(v.parse::<u64>().map_err(|_| bad("cid must be a number"))?)
+                }
+                Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+                _ => return Err(bad("use cid=N,socket=PATH")),
+            }
+        }
+        let cid = cid.ok_or_else(|| bad("cid= is missing"))?;
+        if !(3..=u64::from(u32::MAX - 1)).contains(&cid) {
+            return Err(bad("cid must be between 3 and 4294967294"));
+        }
+        let socket = socket.ok_or_else(|| bad("socket= is missing"))?;
+        Ok(VsockConfig { cid, socket })
+    }
+}
+
 /// One block device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -278,6 +315,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Network devices (eth0, eth1, ...).
     pub nets: Vec<NetConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
     /// Guest memory in bytes.
     pub mem_bytes: u64,
     /// vCPU count.
@@ -308,6 +347,7 @@ impl VmConfig {
             rootfs: None,
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
             mem_bytes: 128 << 20,
             cpus: 1,
             cmdline_extra: String::new(),
@@ -475,6 +515,23 @@ mod tests {
             ".",
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vsock_specs() {
+        let v: VsockConfig = "cid=3,socket=/tmp/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.socket), (3, PathBuf::from("/tmp/v.sock")));
+        for bad in [
+            "",
+            "cid=3",
+            "socket=/x",
+            "cid=2,socket=/x",
+            "cid=x,socket=/x",
+            "cid=3,socket=",
+            "cid=3,socket=/x,foo=1",
+        ] {
+            assert!(bad.parse::<VsockConfig>().is_err(), "{bad}");
         }
     }
 
