@@ -50,7 +50,23 @@ impl Vm {
     /// Create the VM, its TSS and identity-map pages (needed by Intel VMX),
     /// the in-kernel PIC/IOAPIC/LAPICs and a PIT with a dummy speaker port.
     pub fn new(kvm: &KvmContext) -> Result<Self, VmError> {
+        let vm = Self::create(kvm)?;
+        vm.setup_platform()?;
+        Ok(vm)
+    }
+
+    /// Create the bare VM; [`Vm::setup_platform`] adds the rest. Memory can
+    /// be registered in between, so that KVM's waits for both overlap.
+    pub fn create(kvm: &KvmContext) -> Result<Self, VmError> {
         let fd = kvm.kvm().create_vm().map_err(VmError::Create)?;
+        Ok(Self { fd })
+    }
+
+    /// The TSS and identity-map pages, the in-kernel PIC/IOAPIC/LAPICs and a
+    /// PIT with a dummy speaker port. Creating the irqchip waits for an SRCU
+    /// grace period and the PIT for a kernel thread to start.
+    pub fn setup_platform(&self) -> Result<(), VmError> {
+        let fd = &self.fd;
         let setup = |what| move |source| VmError::Setup { what, source };
         fd.set_tss_address(KVM_TSS_ADDR)
             .map_err(setup("KVM_SET_TSS_ADDR"))?;
@@ -64,7 +80,7 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
-        Ok(Self { fd })
+        Ok(())
     }
 
     /// The VM file descriptor.
