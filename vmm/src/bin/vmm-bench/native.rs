@@ -119,6 +119,8 @@ struct Samples {
     idle_rss_mib: Vec<f64>,
     idle_anon_mib: Vec<f64>,
     idle_file_mib: Vec<f64>,
+    idle_pss_mib: Vec<f64>,
+    idle_private_mib: Vec<f64>,
     idle_guest_mib: Vec<f64>,
     idle_overhead_mib: Vec<f64>,
     parallel_ms: Vec<(usize, Vec<f64>)>,
@@ -176,6 +178,7 @@ fn idle_run(t: &Target, guest: &Path, s: &mut Samples) -> Result<(), String> {
         std::thread::sleep(SETTLE);
     }
     let status = proc::mem_status(l.pid());
+    let rollup = proc::rollup(l.pid());
     let maps = proc::smaps(l.pid());
     l.signal(libc::SIGKILL);
     let end = l
@@ -190,6 +193,7 @@ fn idle_run(t: &Target, guest: &Path, s: &mut Samples) -> Result<(), String> {
     }
     let status = status.map_err(|e| format!("reading /proc of {}: {e}", t.name()))?;
     let maps = maps.map_err(|e| format!("reading smaps of {}: {e}", t.name()))?;
+    let rollup = rollup.map_err(|e| format!("reading smaps_rollup of {}: {e}", t.name()))?;
     let guest_kib = proc::guest_ram(&maps, t.mem_mib * 1024)
         .map(|m| m.rss)
         .ok_or_else(|| format!("no guest RAM mapping of {} MiB in smaps", t.mem_mib))?;
@@ -197,6 +201,8 @@ fn idle_run(t: &Target, guest: &Path, s: &mut Samples) -> Result<(), String> {
     s.idle_rss_mib.push(mib(status.rss));
     s.idle_anon_mib.push(mib(status.anon));
     s.idle_file_mib.push(mib(status.file));
+    s.idle_pss_mib.push(mib(rollup.pss));
+    s.idle_private_mib.push(mib(rollup.private));
     s.idle_guest_mib.push(mib(guest_kib));
     s.idle_overhead_mib
         .push(mib(status.rss.saturating_sub(guest_kib)));
@@ -327,7 +333,7 @@ fn render(
     let sum = |k: usize, f: &dyn Fn(&Samples) -> &Vec<f64>| Summary::of(f(&samples[k]));
     let has_qemu = targets.len() > 1;
     type Get = fn(&Samples) -> &Vec<f64>;
-    let metrics: [(&str, Get, usize); 10] = [
+    let metrics: [(&str, Get, usize); 12] = [
         ("start → ready line (ms)", |s| &s.ready_ms, 2),
         ("start → boot marker, vmm's clock (ms)", |s| &s.marker_ms, 2),
         ("start → exit (ms)", |s| &s.exit_ms, 2),
@@ -346,6 +352,16 @@ fn render(
         (
             "idle: file-backed RSS, RssFile (MiB)",
             |s| &s.idle_file_mib,
+            2,
+        ),
+        (
+            "idle: proportional set size, Pss (MiB)",
+            |s| &s.idle_pss_mib,
+            2,
+        ),
+        (
+            "idle: private memory, Private_* (MiB)",
+            |s| &s.idle_private_mib,
             2,
         ),
         ("idle: guest RAM resident (MiB)", |s| &s.idle_guest_mib, 2),

@@ -208,6 +208,24 @@ fn parse_status(text: &str) -> MemStatus {
     }
 }
 
+/// Proportional and private memory from `/proc/PID/smaps_rollup`, KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rollup {
+    /// Proportional set size: shared pages divided among their users.
+    pub pss: u64,
+    /// Pages only this process maps (Private_Clean + Private_Dirty).
+    pub private: u64,
+}
+
+/// Read `/proc/PID/smaps_rollup`.
+pub fn rollup(pid: i32) -> std::io::Result<Rollup> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    Ok(Rollup {
+        pss: kib_field(&text, "Pss:"),
+        private: kib_field(&text, "Private_Clean:") + kib_field(&text, "Private_Dirty:"),
+    })
+}
+
 /// One mapping of `/proc/PID/smaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
@@ -310,6 +328,10 @@ mod tests {
     fn status_and_smaps_parse() {
         let s = parse_status("Name:\tvmm\nVmHWM:\t    2780 kB\nVmRSS:\t 2700 kB\nRssAnon:\t 236 kB\nRssFile:\t2464 kB\n");
         assert_eq!((s.hwm, s.rss, s.anon, s.file), (2780, 2700, 236, 2464));
+        assert_eq!(
+            kib_field("Rss: 1 kB\nPss:  1424 kB\nPss_Anon: 3 kB\n", "Pss:"),
+            1424
+        );
         let maps = parse_smaps(
             "5626ea61b000-5626ea6d9000 r-xp 0002a000 fe:00 5325664    /usr/bin/vmm\n\
              Size:                760 kB\nRss:                 756 kB\n\
