@@ -1,0 +1,3 @@
+//! The guest agent binary (see docs/agent.md).
+
+fn main() {}
