@@ -146,6 +146,31 @@ impl Hierarchy {
         Ok(warnings)
     }
 
+    /// Kills the processes of every container cgroup left under the parent
+    /// (by an agent that died) and removes those cgroups.
+    pub fn clear(&self) -> Result<()> {
+        let parents: Vec<&PathBuf> = match self {
+            Self::V2 { root } => vec![root],
+            Self::V1 { memory, cpu, pids } => vec![memory, cpu, pids],
+        };
+        for parent in parents {
+            let Ok(entries) = fs::read_dir(parent) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let cg = Cgroup {
+                        dirs: vec![e.path()],
+                        v2: matches!(self, Self::V2 { .. }),
+                    };
+                    cg.kill_all();
+                    cg.remove_within(Duration::from_secs(5))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the parent cgroup(s) (they must be empty).
     pub fn remove(&self) -> Result<()> {
         let dirs: Vec<&PathBuf> = match self {

@@ -22,7 +22,8 @@ use crate::sys::{self, SysError, WaitStatus};
 pub const MAX_EXITED: usize = 256;
 /// How long the helper may take to set a container up.
 const SETUP_TIMEOUT_MS: i32 = 60_000;
-const ALL_NS: libc::c_int = libc::CLONE_NEWNS
+/// The namespaces of a container.
+pub const ALL_NS: libc::c_int = libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
@@ -133,6 +134,9 @@ impl Containers {
             fs::remove_dir_all(&dir)?;
         }
         fs::create_dir_all(&dir)?;
+        // The helper's fds 0-4 are set up by dup2 before the exec through
+        // this descriptor: keep it out of their way.
+        let exe = sys::dup_min(exe.as_fd(), sys::HELPER_FDS).map_err(|e| e.source)?;
         Ok(Self {
             entries: Mutex::new(HashMap::new()),
             seq: Mutex::new(0),
@@ -333,27 +337,29 @@ impl Containers {
         let (err_r, err_w) = sys::pipe().map_err(sys_err("stderr pipe"))?;
         let (spec_r, spec_w) = sys::pipe().map_err(sys_err("spec pipe"))?;
         let (fail_r, fail_w) = sys::pipe().map_err(sys_err("error pipe"))?;
-        let child_fds = [&in_r, &out_w, &err_w, &spec_r, &fail_w]
+        // fd 5: what the helper joins for exec (unused for run).
+        let join_fd = join.as_deref().unwrap_or(&in_r);
+        let child_fds = [&in_r, &out_w, &err_w, &spec_r, &fail_w, join_fd]
             .map(|fd| sys::dup_min(fd.as_fd(), sys::HELPER_FDS))
             .into_iter()
             .collect::<sys::Result<Vec<OwnedFd>>>()
             .map_err(sys_err("helper fds"))?;
-        let fds = [0, 1, 2, 3, 4].map(|i| child_fds[i].as_fd());
+        let fds: Vec<_> = child_fds.iter().map(|f| f.as_fd()).collect();
         let argv = [c"vmm-agent".to_owned(), CString::from(c"__init")];
         debug_assert_eq!(INIT_ARG, "__init");
         let spawned = match &join {
-            None => sys::spawn_helper(self.exe.as_fd(), &argv, fds, ALL_NS as u64),
+            None => sys::spawn_helper(self.exe.as_fd(), &argv, &fds, ALL_NS as u64),
             Some(target) => {
-                // setns needs a thread that shares no fs state with the
-                // others; a short-lived one does it and clones the helper,
-                // which so starts inside the container's namespaces
-                // (pid_for_children included).
-                let exe = self.exe.as_fd();
+                // The helper must start in the container's pid namespace,
+                // which only a clone can enter: a short-lived thread sets its
+                // pid_for_children and clones the helper. The helper itself
+                // then joins the mount, UTS, IPC and network namespaces
+                // (after its exec, so a dynamically linked agent still finds
+                // its libraries).
                 std::thread::scope(|s| {
                     s.spawn(|| {
-                        sys::unshare(libc::CLONE_FS)?;
-                        sys::setns(target.as_fd(), ALL_NS)?;
-                        sys::spawn_helper(exe, &argv, fds, 0)
+                        sys::setns(target.as_fd(), libc::CLONE_NEWPID)?;
+                        sys::spawn_helper(self.exe.as_fd(), &argv, &fds, 0)
                     })
                     .join()
                     .unwrap_or_else(|_| {
@@ -372,10 +378,10 @@ impl Containers {
         let pidfd = Arc::new(spawned.pidfd);
         let fail = |message: String| {
             let _ = sys::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::wait_pidfd(pidfd.as_fd(), false);
+            let status = sys::wait_pidfd(pidfd.as_fd(), false);
             ContainerError::Setup {
                 id: id.to_string(),
-                message,
+                message: format!("{message} (init helper: {status:?})"),
             }
         };
         let oom_base = cgroup.oom_kills();

@@ -21,6 +21,8 @@ use crate::{caps, seccomp};
 pub const SPEC_FD: RawFd = 3;
 /// fd errors go to.
 pub const ERROR_FD: RawFd = 4;
+/// fd of the container init's pidfd (exec).
+pub const JOIN_FD: RawFd = 5;
 /// `argv[1]` that makes the agent binary an init helper.
 pub const INIT_ARG: &str = "__init";
 /// Default `PATH` for commands.
@@ -135,6 +137,13 @@ fn run() -> Result<Never> {
         .map_err(|e| other("read spec", e.to_string()))?;
     let spec: InitSpec =
         serde_json::from_slice(&json).map_err(|e| other("decode spec", e.to_string()))?;
+    if let InitMode::Exec = spec.mode {
+        // SAFETY: fd 5 is the container init's pidfd the agent passed us.
+        let target = unsafe { std::os::fd::OwnedFd::from_raw_fd(JOIN_FD) };
+        let ns = crate::container::ALL_NS & !libc::CLONE_NEWPID;
+        sys::setns(std::os::fd::AsFd::as_fd(&target), ns)
+            .step("join the container's namespaces")?;
+    }
     sys::close_from(5);
 
     if let InitMode::Run {

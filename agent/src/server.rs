@@ -172,6 +172,7 @@ impl Agent {
             eprintln!("vmm-agent: warning: layer not mounted: {f}");
         }
         let hierarchy = Hierarchy::detect(&config.cgroup_name)?;
+        hierarchy.clear()?;
         for w in hierarchy.setup()? {
             eprintln!("vmm-agent: warning: {w}");
         }

@@ -202,8 +202,9 @@ pub fn close_from(first: u32) {
 }
 
 /// The fds a helper starts with, in order: stdin, stdout, stderr, the spec
-/// pipe (3) and the error pipe (4).
-pub const HELPER_FDS: RawFd = 5;
+/// pipe (3), the error pipe (4) and, for `exec`, the container init's pidfd
+/// (5).
+pub const HELPER_FDS: RawFd = 6;
 
 /// What a [`spawn_helper`] child was made of.
 pub struct Spawned {
@@ -222,11 +223,16 @@ pub struct Spawned {
 pub fn spawn_helper(
     exe: BorrowedFd<'_>,
     argv: &[CString],
-    fds: [BorrowedFd<'_>; 5],
+    fds: &[BorrowedFd<'_>],
     flags: u64,
 ) -> Result<Spawned> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    if raw.iter().any(|&f| f < HELPER_FDS) {
+    if raw.len() != HELPER_FDS as usize
+        || raw
+            .iter()
+            .chain([&exe.as_raw_fd()])
+            .any(|&f| f < HELPER_FDS)
+    {
         return Err(SysError {
             call: "clone3",
             what: format!("helper fds {raw:?} overlap 0..{HELPER_FDS}"),
@@ -256,7 +262,7 @@ pub fn spawn_helper(
     if ret == 0 {
         for (i, &fd) in raw.iter().enumerate() {
             // SAFETY: dup2 on descriptor numbers; the child exits if it fails.
-            // `i` < 5.
+            // `i` < HELPER_FDS.
             if unsafe { libc::dup2(fd, i as RawFd) } < 0 {
                 // SAFETY: _exit never returns and is async-signal-safe.
                 unsafe { libc::_exit(126) };
