@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::config::{parse_size, BootProtocol, ConfigError, DiskConfig, OnReboot, VmConfig};
 
@@ -26,13 +26,142 @@ wrote to the debug device; 1 on a vmm error; 3 on a guest triple fault;
 4 when KVM cannot run the guest; 5 when the guest kernel panicked;
 128+N when stopped by signal N.";
 
-/// vmm: boot a Linux guest in a KVM micro-VM.
+/// vmm: boot a Linux guest in a KVM micro-VM, or run containers in per-tenant VMs.
 #[derive(Debug, Parser)]
-#[command(name = "vmm", version, about, after_help = EXAMPLES)]
+#[command(
+    name = "vmm",
+    version,
+    about,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
-    /// Guest kernel: ELF vmlinux or bzImage.
+    /// Containers in tenant VMs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Booting a VM (when no subcommand is given).
+    #[command(flatten)]
+    pub boot: BootArgs,
+}
+
+/// Subcommands: containers inside per-tenant VMs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a container image in a tenant's VM (started if needed), or in a
+    /// throw-away VM without --tenant; exits with the container's status.
+    Run(RunArgs),
+    /// Start, stop and list tenant VMs.
+    Tenant {
+        /// What to do.
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+    /// Run a command in a running container of a tenant.
+    Exec {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The container id (see `vmm ps`).
+        container: String,
+        /// `KEY=VALUE` environment entries.
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// List the containers of a tenant.
+    Ps {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// Tenant VM options shared by `run` and `tenant up`.
+#[derive(Debug, clap::Args)]
+pub struct TenantVmArgs {
+    /// Guest kernel (default: $VMM_KERNEL).
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
+    /// The agent root file system, from rootfs-tools/mkagentfs.sh (default: $VMM_AGENTFS).
+    #[arg(long, value_name = "PATH")]
+    pub agentfs: Option<PathBuf>,
+    /// Memory of the tenant VM.
+    #[arg(long, default_value = "512M", value_name = "SIZE")]
+    pub mem: String,
+    /// vCPUs of the tenant VM.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Seconds to wait for the tenant VM's agent to answer.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub boot_timeout: u64,
+}
+
+/// `vmm run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The tenant whose VM runs the container; without it a throw-away VM is used.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The tenant VM.
+    #[command(flatten)]
+    pub vm: TenantVmArgs,
+    /// Memory limit of the container, e.g. 64M.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+    /// CPU limit of the container in cores, e.g. 0.5.
+    #[arg(long, value_name = "CORES")]
+    pub cpu_limit: Option<f64>,
+    /// Most processes and threads in the container.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<u64>,
+    /// `KEY=VALUE` environment entries (added to the image's).
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Working directory in the container.
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// `user[:group]` in the container.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Container id (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The image: an OCI image layout directory or a `docker save` tarball.
+    pub image: PathBuf,
+    /// The command (default: the image's Entrypoint and Cmd).
+    #[arg(last = true)]
+    pub argv: Vec<String>,
+}
+
+/// `vmm tenant ...`.
+#[derive(Debug, Subcommand)]
+pub enum TenantAction {
+    /// Start a tenant's VM (if it is not running) and wait for its agent.
+    Up {
+        /// The tenant.
+        name: String,
+        /// The tenant VM.
+        #[command(flatten)]
+        vm: TenantVmArgs,
+    },
+    /// Shut a tenant's VM down.
+    Down {
+        /// The tenant.
+        name: String,
+    },
+    /// List tenants and whether their VM runs.
+    Ls,
+}
+
+/// Booting a VM directly.
+#[derive(Debug, clap::Args)]
+pub struct BootArgs {
+    /// Guest kernel: ELF vmlinux or bzImage (required to boot a VM).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
 
     /// Root file system image (raw, e.g. ext4), attached as /dev/vda.
     #[arg(long, value_name = "PATH")]
@@ -112,11 +241,12 @@ pub struct Cli {
     pub verbose: u8,
 }
 
-impl Cli {
+impl BootArgs {
     /// Turn the arguments into a VM configuration (not yet validated against
     /// the file system; see [`VmConfig::validate`]).
     pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
-        let mut c = VmConfig::new(&self.kernel);
+        let kernel = self.kernel.as_ref().ok_or(ConfigError::NoKernel)?;
+        let mut c = VmConfig::new(kernel);
         c.mem_bytes = parse_size(&self.mem)?;
         c.cpus = self.cpus;
         c.initrd = self.initrd.clone();
@@ -165,8 +295,9 @@ mod tests {
     fn one_line_boot() {
         let cli =
             Cli::try_parse_from(["vmm", "--kernel", "vmlinux", "--rootfs", "r.ext4"]).unwrap();
-        let c = cli.to_config().unwrap();
+        let c = cli.boot.to_config().unwrap();
         assert_eq!(c.kernel, PathBuf::from("vmlinux"));
+        assert!(cli.command.is_none());
         assert_eq!(c.mem_bytes, 128 << 20);
         assert_eq!(c.cpus, 1);
         assert_eq!(
@@ -207,7 +338,7 @@ mod tests {
             "i",
         ])
         .unwrap();
-        let c = cli.to_config().unwrap();
+        let c = cli.boot.to_config().unwrap();
         assert_eq!(c.mem_bytes, 1 << 30);
         assert_eq!(c.cpus, 4);
         assert!(c.rootfs.unwrap().read_only);
@@ -215,20 +346,28 @@ mod tests {
         assert!(c.disks[1].read_only);
         assert_eq!(c.boot, BootProtocol::Pvh);
         assert_eq!(c.console, ConsoleConfig::File("/tmp/c".into()));
-        assert_eq!(cli.verbose, 2);
+        assert_eq!(cli.boot.verbose, 2);
     }
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Cli::try_parse_from(["vmm"]).is_err(), "kernel is required");
+        let none = Cli::try_parse_from(["vmm"]).unwrap();
+        assert_eq!(
+            none.boot.to_config(),
+            Err(ConfigError::NoKernel),
+            "kernel is required"
+        );
         assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--rootfs-ro"]).is_err());
         assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--boot", "uefi"]).is_err());
         let bad_mem = Cli::try_parse_from(["vmm", "--kernel", "k", "--mem", "lots"]).unwrap();
-        assert!(matches!(bad_mem.to_config(), Err(ConfigError::Size(_))));
+        assert!(matches!(
+            bad_mem.boot.to_config(),
+            Err(ConfigError::Size(_))
+        ));
         let bad_console =
             Cli::try_parse_from(["vmm", "--kernel", "k", "--console", "tty"]).unwrap();
         assert!(matches!(
-            bad_console.to_config(),
+            bad_console.boot.to_config(),
             Err(ConfigError::Console(_))
         ));
     }

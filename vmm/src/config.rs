@@ -17,6 +17,9 @@ pub const MAX_DISKS: usize = 16;
 /// Errors of [`self`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// No kernel and no subcommand.
+    #[error("--kernel is required to boot a VM (or use a subcommand: run, tenant, exec, ps; see --help)")]
+    NoKernel,
     /// A size could not be parsed.
     #[error(
         "invalid size '{0}': use a number with an optional K, M, G or T suffix, e.g. 128M or 1G"

@@ -14,5 +14,6 @@ pub mod event_loop;
 pub mod exit;
 pub mod image;
 pub mod logger;
+pub mod tenant;
 pub mod terminal;
 pub mod vstate;
