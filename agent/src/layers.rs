@@ -248,8 +248,7 @@ impl LayerStore {
         let path = format!("/dev/loop{}", dev.number);
         let res = sys::mount(&path, &dir, Some("ext4"), libc::MS_RDONLY, None);
         if let Err(source) = res {
-            // SAFETY-free cleanup: detach explicitly (autoclear only acts on
-            // the last close of a bound device, which this is anyway).
+            // Detach now rather than rely on autoclear at the close.
             let _ = sys::ioctl_int(dev.fd.as_fd(), LOOP_CLR_FD, 0, "LOOP_CLR_FD");
             return Err(LayerError::Sys {
                 context: format!("mount layer sha256:{hex}"),

@@ -79,14 +79,7 @@ fn host_input(mut conn: Conn, stdin: Option<OwnedFd>, pidfd: &OwnedFd, done: &At
 }
 
 fn set_nonblocking(f: &File) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL on our own descriptor.
-    unsafe {
-        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        if fl < 0 || libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    sys::set_nonblocking(f.as_raw_fd()).map_err(|e| e.source)
 }
 
 fn write_all_nonblocking(f: &mut File, mut data: &[u8], done: &AtomicBool) -> io::Result<()> {

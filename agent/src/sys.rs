@@ -1,5 +1,6 @@
 //! Typed wrappers around the raw Linux calls the agent makes. Every unsafe
-//! block of the crate but a few in cgroup.rs and stream.rs lives here.
+//! block of the crate lives here, but for one `kill` in cgroup.rs and the
+//! init helper taking ownership of its inherited fds in init.rs.
 
 // Values crossing the C ABI: syscall results that fit their C types (pids,
 // fds), capability masks split into 32-bit halves on purpose.
@@ -192,6 +193,16 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
     // SAFETY: F_SETFD on a descriptor number; an invalid one fails with EBADF.
     let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, flags) };
     check(ret, "fcntl", || format!("F_SETFD {fd}")).map(drop)
+}
+
+/// Sets `O_NONBLOCK` on one of our descriptors.
+pub fn set_nonblocking(fd: RawFd) -> Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor number; invalid ones fail.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    check(fl, "fcntl", || format!("F_GETFL {fd}"))?;
+    // SAFETY: as above.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) };
+    check(ret, "fcntl", || format!("F_SETFL {fd}")).map(drop)
 }
 
 /// Closes every descriptor from `first` on (the init helper's hygiene).
