@@ -253,7 +253,13 @@ pub fn run(
         let p = Process::start(connect(t)?, &req)?;
         let status = stream(p)?;
         if status.oom_killed {
-            eprintln!("vmm: container {id} was killed: out of memory (its memory limit)");
+            if status.signal == Some(libc::SIGKILL) {
+                eprintln!("vmm: container {id} was killed: out of memory (its memory limit)");
+            } else {
+                eprintln!(
+                    "vmm: a process of container {id} was killed: out of memory (its memory limit)"
+                );
+            }
         }
         Ok(exit_code(&status))
     })();
