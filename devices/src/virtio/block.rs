@@ -33,7 +33,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use self::disk::Disk;
 use self::request::{Refused, Request, RequestType};
-use super::{ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
+use super::queue::{setup_queue, take_queues};
+use super::{config_bytes, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 /// Bytes per sector, the unit of the request header and of the capacity.
 pub const SECTOR_SIZE: u64 = 512;
@@ -414,14 +415,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Some(src) = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.config.get(o..))
-        else {
-            return;
-        };
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -433,14 +427,8 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        let got = ctx.queues.len();
-        let Some(mut queue) = ctx.queues.into_iter().next().filter(|_| got == 1) else {
-            return Err(VirtioError::QueueCount { expected: 1, got });
-        };
-        if !queue.is_valid(&ctx.mem) {
-            return Err(VirtioError::InvalidQueue(0));
-        }
-        queue.set_event_idx(ctx.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        let [mut queue] = take_queues(ctx.queues)?;
+        setup_queue(0, &mut queue, &ctx.mem, ctx.acked_features)?;
         self.disk.writethrough = ctx.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
         self.active = Some(Active {
             mem: ctx.mem,

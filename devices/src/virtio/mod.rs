@@ -11,6 +11,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+mod queue;
 pub mod vsock;
 
 use std::os::fd::RawFd;
@@ -44,6 +45,17 @@ pub enum VirtioError {
     /// The backend could not be prepared (file, socket, TAP).
     #[error("device backend: {0}")]
     Backend(#[from] std::io::Error),
+}
+
+/// Copy the part of `config` (a device's config space) at `offset` into
+/// `data`: bytes beyond the config space are left as they are (the transport
+/// pre-fills `data` with zeros), an offset beyond it reads nothing.
+pub(crate) fn config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) else {
+        return;
+    };
+    let n = src.len().min(data.len());
+    data[..n].copy_from_slice(&src[..n]);
 }
 
 /// The interrupt line of one virtio device: the interrupt status register

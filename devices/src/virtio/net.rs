@@ -67,10 +67,11 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
+use super::queue::{setup_queue, take_queues};
+use super::{config_bytes, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 use crate::tap::{Tap, VNET_HDR_LEN};
 
 /// Size of each queue.
@@ -466,14 +467,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Some(src) = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.config.get(o..))
-        else {
-            return;
-        };
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -485,18 +479,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        let got = ctx.queues.len();
-        let mut queues = ctx.queues.into_iter();
-        let (Some(mut rx), Some(mut tx), None) = (queues.next(), queues.next(), queues.next())
-        else {
-            return Err(VirtioError::QueueCount { expected: 2, got });
-        };
-        for (i, q) in [(RX_QUEUE, &mut rx), (TX_QUEUE, &mut tx)] {
-            if !q.ready() || !q.is_valid(&ctx.mem) {
-                return Err(VirtioError::InvalidQueue(i));
-            }
-            q.set_event_idx(ctx.acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0);
-        }
+        let [mut rx, mut tx] = take_queues(ctx.queues)?;
+        setup_queue(RX_QUEUE, &mut rx, &ctx.mem, ctx.acked_features)?;
+        setup_queue(TX_QUEUE, &mut tx, &ctx.mem, ctx.acked_features)?;
         self.backend
             .set_offloads(backend_offloads(ctx.acked_features))?;
         self.active = Some(Active {

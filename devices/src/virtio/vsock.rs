@@ -62,7 +62,8 @@ use self::chain::TxPacket;
 use self::metrics::inc;
 use self::muxer::Muxer;
 use self::packet::HDR_LEN;
-use super::{ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
+use super::queue::{setup_queue, take_queues};
+use super::{config_bytes, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 pub use self::conn::BUF_ALLOC;
 pub use self::host::{HostError, MAX_PATH_LEN};
@@ -356,12 +357,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) else {
-            return;
-        };
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -372,19 +368,10 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        let got = ctx.queues.len();
-        let mut queues = ctx.queues.into_iter();
-        let (Some(mut rx), Some(mut tx), Some(_event), None) =
-            (queues.next(), queues.next(), queues.next(), queues.next())
-        else {
-            return Err(VirtioError::QueueCount { expected: 3, got });
-        };
-        for (i, q) in [(RX_QUEUE, &mut rx), (TX_QUEUE, &mut tx)] {
-            if !q.ready() || !q.is_valid(&ctx.mem) {
-                return Err(VirtioError::InvalidQueue(i));
-            }
-            q.set_event_idx(ctx.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        }
+        // The event queue is never used: the driver may leave it unready.
+        let [mut rx, mut tx, _event] = take_queues(ctx.queues)?;
+        setup_queue(RX_QUEUE, &mut rx, &ctx.mem, ctx.acked_features)?;
+        setup_queue(TX_QUEUE, &mut tx, &ctx.mem, ctx.acked_features)?;
         self.active = Some(Active {
             mem: ctx.mem,
             rx,

@@ -13,6 +13,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_UDP,
 };
 
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 
 use super::test_util::*;
