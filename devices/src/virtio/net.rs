@@ -42,7 +42,6 @@
 //! ring puts the device in DEVICE_NEEDS_RESET, and so does a backend that
 //! disappeared. Nothing is allocated after construction.
 
-mod chain;
 mod rx;
 #[cfg(test)]
 mod tap_tests;

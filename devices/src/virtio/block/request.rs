@@ -16,6 +16,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::SECTOR_SIZE;
+use crate::virtio::queue::{check_buffer, walk, ChainError, Direction};
 
 /// Size of the request header (`struct virtio_blk_outhdr`): type, reserved,
 /// sector.
@@ -51,32 +52,20 @@ impl RequestType {
 /// Why a chain was refused. Each variant says what the guest got wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(super) enum RequestError {
-    /// The chain has no descriptor at all (bad head index, bad indirect table).
-    #[error("empty descriptor chain")]
-    Empty,
-    /// The chain is longer than the queue size (or loops).
-    #[error("descriptor chain longer than {0} descriptors")]
-    TooLong(u16),
-    /// The chain stopped at a descriptor that still has NEXT set: a
-    /// descriptor index out of range, a bad or nested indirect table, or more
-    /// than 4 GiB in total.
-    #[error("descriptor chain is truncated")]
-    Truncated,
+    /// The chain is malformed (empty, too long, truncated), or a data
+    /// descriptor has the wrong direction or lies outside guest memory.
+    /// Descriptor numbers count the header as 0.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// The last descriptor cannot hold the status byte.
     #[error("status descriptor is not device-writable, empty or outside guest memory")]
     BadStatus,
     /// No header, a device-writable header, a short one or one outside guest memory.
     #[error("missing, device-writable, short or unreadable request header")]
     BadHeader,
-    /// A data descriptor has the wrong direction for the request type.
-    #[error("data descriptor {0} has the wrong direction")]
-    WrongDirection(usize),
     /// A data descriptor is empty.
     #[error("data descriptor {0} is empty")]
     EmptyData(usize),
-    /// A data descriptor points outside guest memory.
-    #[error("data descriptor {0} is outside guest memory")]
-    DataOutOfMemory(usize),
     /// The data length does not suit the request: zero, or (for reads and
     /// writes) not whole sectors.
     #[error("data length {0} does not suit the request")]
@@ -105,32 +94,23 @@ pub(super) struct Request {
 }
 
 /// Copy the descriptors of `chain` into `descs` (cleared first), refusing
-/// chains longer than `max` descriptors. Bounded work and no allocation
-/// beyond `descs`' existing capacity when it is at least `max`.
+/// chains longer than `max` descriptors, empty and truncated ones. Bounded
+/// work and no allocation beyond `descs`' existing capacity when it is at
+/// least `max`.
 fn collect<M>(
     chain: DescriptorChain<M>,
     max: u16,
     descs: &mut Vec<Descriptor>,
-) -> Result<(), RequestError>
+) -> Result<(), ChainError>
 where
     M: std::ops::Deref,
     M::Target: GuestMemory,
 {
     descs.clear();
-    for d in chain {
-        if descs.len() >= usize::from(max) {
-            return Err(RequestError::TooLong(max));
-        }
+    walk(chain, max, |_, &d| {
         descs.push(d);
-    }
-    match descs.last() {
-        None => Err(RequestError::Empty),
-        // The chain iterator stops silently on errors (and on loops once it
-        // has yielded `max` descriptors): a last descriptor that still points
-        // further means the chain was cut short.
-        Some(d) if d.has_next() => Err(RequestError::Truncated),
-        Some(_) => Ok(()),
-    }
+        Ok(())
+    })
 }
 
 /// Parse the chain into a request, using `descs` as scratch space. `max` is
@@ -149,11 +129,11 @@ where
         status: None,
         error,
     };
-    collect(chain, max, descs).map_err(refuse_silently)?;
+    collect(chain, max, descs).map_err(|e| refuse_silently(e.into()))?;
 
     // The status byte first: every later failure can then be reported.
     let Some((&status_desc, rest)) = descs.split_last() else {
-        return Err(refuse_silently(RequestError::Empty));
+        return Err(refuse_silently(ChainError::Empty.into()));
     };
     if !status_desc.is_write_only()
         || status_desc.len() == 0
@@ -182,8 +162,10 @@ where
     let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
 
     let data_len = match kind {
-        RequestType::In | RequestType::GetId => check_data(mem, data_descs, true),
-        RequestType::Out => check_data(mem, data_descs, false),
+        RequestType::In | RequestType::GetId => {
+            check_data(mem, data_descs, Direction::DeviceWrites)
+        }
+        RequestType::Out => check_data(mem, data_descs, Direction::DeviceReads),
         // Flush carries no data and unsupported requests are not looked at:
         // their data descriptors, if any, are never touched.
         RequestType::Flush | RequestType::Unsupported(_) => Ok(0),
@@ -219,26 +201,15 @@ where
 fn check_data(
     mem: &GuestMemoryMmap,
     data: &[Descriptor],
-    device_writes: bool,
+    dir: Direction,
 ) -> Result<u64, RequestError> {
-    let access = if device_writes {
-        Permissions::Write
-    } else {
-        Permissions::Read
-    };
     let mut total = 0u64;
     for (i, d) in data.iter().enumerate() {
         // Descriptor numbers in messages count the header as 0.
         let n = i + 1;
-        if d.is_write_only() != device_writes {
-            return Err(RequestError::WrongDirection(n));
-        }
-        if d.len() == 0 {
+        // Direction first, then emptiness, then placement.
+        if check_buffer(mem, n, d, dir)? == 0 {
             return Err(RequestError::EmptyData(n));
-        }
-        let len = usize::try_from(d.len()).map_err(|_| RequestError::DataOutOfMemory(n))?;
-        if !mem.check_range(d.addr(), len, access) {
-            return Err(RequestError::DataOutOfMemory(n));
         }
         // At most `max` (u16) descriptors of at most u32::MAX bytes each:
         // the sum cannot overflow a u64.

@@ -17,11 +17,11 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
-use super::chain::{self, arm_notification, ChainError};
 use super::{inc, Active, Net, NetBackend, NetMetrics, VNET_HDR_LEN};
+use crate::virtio::queue::{arm_notification, writable_buffers, ChainError};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -255,13 +255,16 @@ fn place(
             taken += 1;
             let head = chain.head_index();
             let seg_start = s.segs.len();
-            let err = match collect_writable(chain, mem, size, &mut s.segs, s.limit) {
+            let err = match writable_buffers(chain, mem, size, &mut s.segs, s.limit) {
                 Ok(cap) if cap >= VNET_HDR_LEN => {
                     s.chains.push((head, s.segs.len()));
                     have = have.saturating_add(cap);
                     continue;
                 }
-                Ok(_) => ChainError::TooShort(VNET_HDR_LEN),
+                Ok(cap) => ChainError::TooShort {
+                    have: u64::try_from(cap).unwrap_or(u64::MAX),
+                    need: VNET_HDR_LEN,
+                },
                 Err(e) => e,
             };
             s.segs.truncate(seg_start);
@@ -315,42 +318,6 @@ fn place(
         queue.add_used(mem, head, len)?;
     }
     Ok((placed, !s.used.is_empty()))
-}
-
-/// Check a receive chain: every descriptor device-writable and inside guest
-/// memory. Its buffers are appended to `segs` (at most `limit` in all);
-/// returns its capacity.
-fn collect_writable<M>(
-    chain: DescriptorChain<M>,
-    mem: &GuestMemoryMmap,
-    max: u16,
-    segs: &mut Vec<(GuestAddress, usize)>,
-    limit: usize,
-) -> Result<usize, ChainError>
-where
-    M: std::ops::Deref,
-    M::Target: GuestMemory,
-{
-    let mut cap = 0usize;
-    chain::walk(chain, max, |i, d| {
-        if !d.is_write_only() {
-            return Err(ChainError::WrongDirection(i));
-        }
-        if d.len() == 0 {
-            return Ok(());
-        }
-        let len = usize::try_from(d.len()).map_err(|_| ChainError::OutOfMemory(i))?;
-        if !mem.check_range(d.addr(), len, Permissions::Write) {
-            return Err(ChainError::OutOfMemory(i));
-        }
-        if segs.len() >= limit {
-            return Err(ChainError::TooManySegments(limit));
-        }
-        segs.push((d.addr(), len));
-        cap = cap.saturating_add(len);
-        Ok(())
-    })?;
-    Ok(cap)
 }
 
 /// Write `packet` across the chains in `s` (which can hold it), setting

@@ -16,10 +16,10 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
+use vm_memory::{GuestMemory, GuestMemoryMmap};
 
-use super::chain::{self, arm_notification, ChainError};
 use super::{inc, is_fatal, Active, Net, NetBackend, NetMetrics, VNET_HDR_LEN};
+use crate::virtio::queue::{arm_notification, read_chain, ChainError, Copied, Overflow};
 
 /// Why transmission stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,8 @@ fn send_chain<B: NetBackend>(
 }
 
 /// Copy a transmit chain into `buf`: every descriptor device-readable and
-/// inside guest memory, at most `buf.len()` bytes in all, at least a header.
+/// inside guest memory, at most `buf.len()` bytes in all (a longer frame is
+/// refused whole), at least a header.
 fn gather<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
@@ -192,27 +193,15 @@ where
     M: std::ops::Deref,
     M::Target: GuestMemory,
 {
-    let cap = buf.len();
-    let mut len = 0usize;
-    chain::walk(chain, max, |i, d| {
-        if d.is_write_only() {
-            return Err(ChainError::WrongDirection(i));
-        }
-        let end = usize::try_from(d.len())
-            .ok()
-            .and_then(|n| len.checked_add(n))
-            .filter(|&end| end <= cap)
-            .ok_or(ChainError::TooBig(cap))?;
-        let dst = buf.get_mut(len..end).ok_or(ChainError::TooBig(cap))?;
-        mem.read_slice(dst, d.addr())
-            .map_err(|_| ChainError::OutOfMemory(i))?;
-        len = end;
-        Ok(())
-    })?;
-    if len < VNET_HDR_LEN {
-        return Err(ChainError::TooShort(VNET_HDR_LEN));
+    let mut c = Copied::default();
+    read_chain(chain, mem, max, buf, Overflow::Refuse, &mut c)?;
+    if c.copied < VNET_HDR_LEN {
+        return Err(ChainError::TooShort {
+            have: c.total,
+            need: VNET_HDR_LEN,
+        });
     }
-    Ok(len)
+    Ok(c.copied)
 }
 
 /// Refuse headers asking for what was not negotiated.

@@ -11,37 +11,18 @@
 
 use std::ops::Deref;
 
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
 
 use super::packet::{Header, HDR_LEN, MAX_PAYLOAD};
+use crate::virtio::queue::{read_chain, writable_buffers, ChainError, Copied, Overflow};
 
-/// Why a chain was refused. Descriptor numbers count from 0 at the head.
+/// Why a transmit chain whose header could be read was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(super) enum ChainError {
-    /// No descriptor at all (head index out of range, bad indirect table).
-    #[error("empty descriptor chain")]
-    Empty,
-    /// More descriptors than the queue has.
-    #[error("descriptor chain longer than {0} descriptors")]
-    TooLong(u16),
-    /// The chain stops at a descriptor that still has NEXT set: an index out
-    /// of range, a loop, or a bad or nested indirect table.
-    #[error("descriptor chain is truncated")]
-    Truncated,
-    /// A descriptor the device must read is device-writable, or the reverse.
-    #[error("descriptor {0} has the wrong direction")]
-    WrongDirection(usize),
-    /// A descriptor points outside guest memory.
-    #[error("descriptor {0} is outside guest memory")]
-    OutOfMemory(usize),
-    /// The chain cannot hold what it must: a header (transmit), a header and
-    /// one payload byte (receive).
-    #[error("{0} bytes: too short for a packet")]
-    TooShort(u64),
+pub(super) enum TxError {
+    /// The chain itself is malformed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// The header announces more than the largest payload.
     #[error("payload length {0} above the maximum of {MAX_PAYLOAD}")]
     PayloadTooBig(u32),
@@ -53,33 +34,6 @@ pub(super) enum ChainError {
         /// What the descriptors hold after the header.
         avail: u64,
     },
-}
-
-/// Walk `chain`, calling `f(number, descriptor)` on each of at most `max`
-/// descriptors; refuse empty and truncated chains. Bounded work: the chain
-/// iterator itself stops after a queue's worth of descriptors.
-fn walk<M, F>(chain: DescriptorChain<M>, max: u16, mut f: F) -> Result<(), ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemory,
-    F: FnMut(usize, &Descriptor) -> Result<(), ChainError>,
-{
-    let mut last: Option<Descriptor> = None;
-    for (i, d) in chain.enumerate() {
-        if i >= usize::from(max) {
-            return Err(ChainError::TooLong(max));
-        }
-        f(i, &d)?;
-        last = Some(d);
-    }
-    match last {
-        None => Err(ChainError::Empty),
-        // The iterator stops silently on a bad next index and after a
-        // queue's worth of descriptors (loops): the last one then still
-        // points further.
-        Some(d) if d.has_next() => Err(ChainError::Truncated),
-        Some(_) => Ok(()),
-    }
 }
 
 /// A transmit chain whose header could be read.
@@ -98,7 +52,7 @@ pub(super) enum TxPacket {
         /// The header, unchecked.
         hdr: Header,
         /// What is wrong.
-        error: ChainError,
+        error: TxError,
     },
 }
 
@@ -115,52 +69,28 @@ where
     M: Deref,
     M::Target: GuestMemory,
 {
-    let mut copied = 0usize;
-    let mut total = 0u64;
-    let walked = walk(chain, max, |i, d| {
-        if d.is_write_only() {
-            return Err(ChainError::WrongDirection(i));
-        }
-        let len = usize::try_from(d.len()).map_err(|_| ChainError::OutOfMemory(i))?;
-        let room = buf.len().saturating_sub(copied);
-        let take = len.min(room);
-        if take > 0 {
-            let dst = buf
-                .get_mut(copied..copied + take)
-                .ok_or(ChainError::OutOfMemory(i))?;
-            mem.read_slice(dst, d.addr())
-                .map_err(|_| ChainError::OutOfMemory(i))?;
-        }
-        if take < len {
-            let rest = d
-                .addr()
-                .checked_add(u64::try_from(take).map_err(|_| ChainError::OutOfMemory(i))?)
-                .ok_or(ChainError::OutOfMemory(i))?;
-            if !mem.check_range(rest, len - take, Permissions::Read) {
-                return Err(ChainError::OutOfMemory(i));
-            }
-        }
-        copied += take;
-        total = total.saturating_add(u64::from(d.len()));
-        Ok(())
-    });
-    let Some(raw) = buf.get(..HDR_LEN).filter(|_| copied >= HDR_LEN) else {
-        return Err(walked.err().unwrap_or(ChainError::TooShort(total)));
+    let mut c = Copied::default();
+    let walked = read_chain(chain, mem, max, buf, Overflow::Skip, &mut c);
+    let Some(raw) = buf.get(..HDR_LEN).filter(|_| c.copied >= HDR_LEN) else {
+        return Err(walked.err().unwrap_or(ChainError::TooShort {
+            have: c.total,
+            need: HDR_LEN,
+        }));
     };
     let mut h = [0u8; HDR_LEN];
     h.copy_from_slice(raw);
     let hdr = Header::decode(&h);
     let bad = |error| Ok(TxPacket::BadPayload { hdr, error });
     if let Err(error) = walked {
-        return bad(error);
+        return bad(error.into());
     }
     let len = usize::try_from(hdr.len).unwrap_or(usize::MAX);
     if len > MAX_PAYLOAD {
-        return bad(ChainError::PayloadTooBig(hdr.len));
+        return bad(TxError::PayloadTooBig(hdr.len));
     }
-    let avail = total.saturating_sub(HDR_LEN as u64);
+    let avail = c.total.saturating_sub(HDR_LEN as u64);
     if u64::from(hdr.len) > avail {
-        return bad(ChainError::PayloadBeyondChain {
+        return bad(TxError::PayloadBeyondChain {
             len: hdr.len,
             avail,
         });
@@ -184,24 +114,12 @@ where
     M::Target: GuestMemory,
 {
     segs.clear();
-    let mut cap = 0usize;
-    walk(chain, max, |i, d| {
-        if !d.is_write_only() {
-            return Err(ChainError::WrongDirection(i));
-        }
-        if d.len() == 0 {
-            return Ok(());
-        }
-        let len = usize::try_from(d.len()).map_err(|_| ChainError::OutOfMemory(i))?;
-        if !mem.check_range(d.addr(), len, Permissions::Write) {
-            return Err(ChainError::OutOfMemory(i));
-        }
-        segs.push((d.addr(), len));
-        cap = cap.saturating_add(len);
-        Ok(())
-    })?;
+    let cap = writable_buffers(chain, mem, max, segs, usize::from(max))?;
     if cap <= HDR_LEN {
-        return Err(ChainError::TooShort(u64::try_from(cap).unwrap_or(0)));
+        return Err(ChainError::TooShort {
+            have: u64::try_from(cap).unwrap_or(0),
+            need: HDR_LEN + 1,
+        });
     }
     Ok(cap)
 }
