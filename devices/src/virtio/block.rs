@@ -28,12 +28,12 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use self::disk::Disk;
 use self::request::{Refused, Request, RequestType};
-use super::queue::{setup_queue, take_queues};
+use super::queue::{drain_all, setup_queue, signal_used, take_queues};
 use super::{config_bytes, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 /// Bytes per sector, the unit of the request header and of the capacity.
@@ -252,11 +252,11 @@ impl Block {
         let (disk, metrics, descs) = (&self.disk, &*self.metrics, &mut self.descs);
         let mem = &active.mem;
         let mut used = false;
-        let result = drain(&mut active.queue, mem, &mut used, |chain, queue_size| {
+        let result = drain_all(&mut active.queue, mem, &mut used, |chain, queue_size| {
             handle_chain(disk, metrics, descs, mem, queue_size, chain)
         });
-        let notify = match result {
-            Ok(()) => used && active.queue.needs_notification(mem).unwrap_or(true),
+        match result {
+            Ok(()) => signal_used(&mut active.queue, mem, &active.irq, used),
             Err(e) => {
                 error!(
                     "virtio-blk: {}: queue error, device needs a reset: {e}",
@@ -264,58 +264,12 @@ impl Block {
                 );
                 inc(&self.metrics.queue_errors, 1);
                 self.needs_reset = true;
-                used
+                // The ring is broken: do not ask it whether the driver
+                // wants the interrupt.
+                if used {
+                    active.irq.signal_used_queue();
+                }
             }
-        };
-        if notify {
-            active.irq.signal_used_queue();
-        }
-    }
-}
-
-/// A queue the device cannot go on serving.
-#[derive(Debug, thiserror::Error)]
-enum QueueError {
-    #[error(transparent)]
-    Queue(#[from] virtio_queue::Error),
-    #[error("the available ring announces chains that cannot be read")]
-    Stalled,
-}
-
-/// The standard service loop: disable notifications, handle at most a
-/// queue's worth of chains, re-enable notifications and check again for
-/// chains that arrived meanwhile. `handle` returns the used length of a
-/// chain; `used` records whether any chain was returned.
-fn drain<F>(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    used: &mut bool,
-    mut handle: F,
-) -> Result<(), QueueError>
-where
-    F: FnMut(DescriptorChain<&GuestMemoryMmap>, u16) -> u32,
-{
-    loop {
-        queue.disable_notification(mem)?;
-        let size = queue.size();
-        let mut handled = 0;
-        while handled < size {
-            // `iter` refuses an available index more than a queue ahead.
-            let Some(chain) = queue.iter(mem)?.next() else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = handle(chain, size);
-            queue.add_used(mem, head, len)?;
-            *used = true;
-            handled += 1;
-        }
-        if !queue.enable_notification(mem)? {
-            return Ok(());
-        }
-        if handled == 0 {
-            // More is announced but nothing could be taken: never spin.
-            return Err(QueueError::Stalled);
         }
     }
 }

@@ -69,7 +69,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::queue::{setup_queue, take_queues};
+use super::queue::{setup_queue, take_queues, QueueError};
 use super::{config_bytes, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 use crate::tap::{Tap, VNET_HDR_LEN};
 
@@ -334,6 +334,17 @@ fn is_fatal(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EBADFD | libc::EBADF | libc::ENODEV | libc::ENXIO | libc::EPIPE)
     )
+}
+
+/// Why the receive or transmit queue stopped being served for good.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// The ring is broken.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The backend failed.
+    #[error("{0}")]
+    Backend(io::Error),
 }
 
 /// State that exists only between activation and reset.

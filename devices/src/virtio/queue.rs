@@ -1,5 +1,6 @@
 //! Queue plumbing shared by the virtio devices: taking the driver's queues
-//! at activation, and walking and checking descriptor chains.
+//! at activation, the service loop and interrupt suppression, and walking
+//! and checking descriptor chains.
 //!
 //! The guest is untrusted. Every chain is walked at most a queue's worth of
 //! descriptors deep; empty, truncated and looping chains are refused; every
@@ -11,14 +12,17 @@
 //! status byte, net's frames and offloads, vsock's packet headers) stays in
 //! the device.
 
-use std::ops::Deref;
+use std::convert::Infallible;
+use std::ops::{ControlFlow, Deref};
 use std::sync::atomic::Ordering;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions,
+};
 
-use super::VirtioError;
+use super::{IrqTrigger, VirtioError};
 
 /// `VIRTIO_RING_F_EVENT_IDX` as a feature bit.
 const EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -44,6 +48,100 @@ pub(super) fn setup_queue(
     }
     queue.set_event_idx(acked_features & EVENT_IDX != 0);
     Ok(())
+}
+
+/// Why a queue cannot be served any more: the device needs a reset.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum QueueError {
+    /// The ring is broken (addresses, indices).
+    #[error(transparent)]
+    Queue(#[from] virtio_queue::Error),
+    /// A checked buffer could not be accessed.
+    #[error("guest memory: {0}")]
+    Memory(#[from] GuestMemoryError),
+    /// The available ring announces chains that cannot be read.
+    #[error("the available ring announces chains that cannot be read")]
+    Stalled,
+}
+
+/// The standard service loop: disable notifications, take at most a
+/// queue's worth of chains, re-enable notifications and check again for
+/// chains that arrived meanwhile.
+///
+/// `handle(chain, queue_size)` says what became of each chain:
+/// `Continue(len)` returns it as used with `len` bytes written;
+/// `Break(why)` puts it back in the ring (untouched from the driver's point
+/// of view) and ends the loop with notifications still disabled, returning
+/// `Break(why)`. `used` records whether any chain was returned. Announced
+/// chains that cannot be taken at all end the loop with
+/// [`QueueError::Stalled`] instead of spinning.
+pub(super) fn drain<S, F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    used: &mut bool,
+    mut handle: F,
+) -> Result<ControlFlow<S>, QueueError>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>, u16) -> ControlFlow<S, u32>,
+{
+    loop {
+        queue.disable_notification(mem)?;
+        let size = queue.size();
+        let mut handled = 0;
+        while handled < size {
+            // `iter` refuses an available index more than a queue ahead.
+            let Some(chain) = queue.iter(mem)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = match handle(chain, size) {
+                ControlFlow::Continue(len) => len,
+                ControlFlow::Break(why) => {
+                    queue.go_to_previous_position();
+                    return Ok(ControlFlow::Break(why));
+                }
+            };
+            queue.add_used(mem, head, len)?;
+            *used = true;
+            handled += 1;
+        }
+        if !queue.enable_notification(mem)? {
+            return Ok(ControlFlow::Continue(()));
+        }
+        if handled == 0 {
+            // More is announced but nothing could be taken: never spin.
+            return Err(QueueError::Stalled);
+        }
+    }
+}
+
+/// [`drain`] for a device that returns every chain: `handle` gives the
+/// used length.
+pub(super) fn drain_all<F>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    used: &mut bool,
+    mut handle: F,
+) -> Result<(), QueueError>
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>, u16) -> u32,
+{
+    let flow = drain(queue, mem, used, |chain, size| {
+        ControlFlow::<Infallible, u32>::Continue(handle(chain, size))
+    })?;
+    match flow {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(never) => match never {},
+    }
+}
+
+/// After used buffers were added (`used`), interrupt the driver if it wants
+/// to hear about them (EVENT_IDX permitting); when the ring cannot tell,
+/// interrupt anyway.
+pub(super) fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, irq: &IrqTrigger, used: bool) {
+    if used && queue.needs_notification(mem).unwrap_or(true) {
+        irq.signal_used_queue();
+    }
 }
 
 /// Enable notifications so that the driver notifies us when it publishes

@@ -55,14 +55,14 @@ use log::{debug, error};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use self::chain::TxPacket;
 use self::metrics::inc;
 use self::muxer::Muxer;
 use self::packet::HDR_LEN;
-use super::queue::{setup_queue, take_queues};
+use super::queue::{drain_all, setup_queue, signal_used, take_queues, QueueError};
 use super::{config_bytes, ActivateContext, IrqTrigger, VirtioDevice, VirtioError};
 
 pub use self::conn::BUF_ALLOC;
@@ -122,17 +122,6 @@ pub struct Vsock {
     rx_buf: Box<[u8]>,
     /// Buffers of the receive chain being filled (capacity: a queue).
     rx_segs: Vec<(GuestAddress, usize)>,
-}
-
-/// Why queue processing stopped for good.
-#[derive(Debug, thiserror::Error)]
-enum QueueError {
-    #[error(transparent)]
-    Queue(#[from] virtio_queue::Error),
-    #[error("guest memory: {0}")]
-    Memory(#[from] GuestMemoryError),
-    #[error("the available ring announces chains that cannot be read")]
-    Stalled,
 }
 
 impl Vsock {
@@ -199,11 +188,9 @@ impl Vsock {
         let (muxer, buf, metrics) = (&mut self.muxer, &mut self.tx_buf, &*self.metrics);
         let mem = &active.mem;
         let mut used = false;
-        let result = drain(
-            &mut active.tx,
-            mem,
-            &mut used,
-            |chain, size| match chain::read_tx(chain, mem, size, buf) {
+        // Transmit chains are only read: their used length is 0.
+        let result = drain_all(&mut active.tx, mem, &mut used, |chain, size| {
+            match chain::read_tx(chain, mem, size, buf) {
                 Ok(TxPacket::Ok { hdr, len }) => {
                     muxer.guest_packet(&hdr, buf.get(HDR_LEN..HDR_LEN + len).unwrap_or_default());
                 }
@@ -216,11 +203,10 @@ impl Vsock {
                     debug!("virtio-vsock: transmit chain refused: {e}");
                     inc(&metrics.tx_bad_chains, 1);
                 }
-            },
-        );
-        if used && active.tx.needs_notification(mem).unwrap_or(true) {
-            active.irq.signal_used_queue();
-        }
+            }
+            0
+        });
+        signal_used(&mut active.tx, mem, &active.irq, used);
         match result {
             Ok(()) => self.process_rx(),
             Err(e) => self.queue_failed("transmit", &e),
@@ -244,48 +230,9 @@ impl Vsock {
             &self.metrics,
             &mut used,
         );
-        if used && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            active.irq.signal_used_queue();
-        }
+        signal_used(&mut active.rx, &active.mem, &active.irq, used);
         if let Err(e) = result {
             self.queue_failed("receive", &e);
-        }
-    }
-}
-
-/// The standard service loop: disable notifications, handle at most a
-/// queue's worth of chains, re-enable notifications and check again.
-/// Transmit chains are only read: their used length is 0.
-fn drain<F>(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    used: &mut bool,
-    mut handle: F,
-) -> Result<(), QueueError>
-where
-    F: FnMut(DescriptorChain<&GuestMemoryMmap>, u16),
-{
-    loop {
-        queue.disable_notification(mem)?;
-        let size = queue.size();
-        let mut handled = 0;
-        while handled < size {
-            // `iter` refuses an available index more than a queue ahead.
-            let Some(chain) = queue.iter(mem)?.next() else {
-                break;
-            };
-            let head = chain.head_index();
-            handle(chain, size);
-            queue.add_used(mem, head, 0)?;
-            *used = true;
-            handled += 1;
-        }
-        if !queue.enable_notification(mem)? {
-            return Ok(());
-        }
-        if handled == 0 {
-            // More is announced but nothing could be taken: never spin.
-            return Err(QueueError::Stalled);
         }
     }
 }

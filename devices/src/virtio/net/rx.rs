@@ -18,27 +18,15 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{inc, Active, Net, NetBackend, NetMetrics, VNET_HDR_LEN};
-use crate::virtio::queue::{arm_notification, writable_buffers, ChainError};
+use super::{inc, Active, Net, NetBackend, NetMetrics, ServeError, VNET_HDR_LEN};
+use crate::virtio::queue::{
+    arm_notification, signal_used, writable_buffers, ChainError, QueueError,
+};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
-
-/// Why reception stopped for good.
-#[derive(Debug, thiserror::Error)]
-enum RxError {
-    /// The receive ring is broken.
-    #[error(transparent)]
-    Queue(#[from] virtio_queue::Error),
-    /// A checked buffer could not be written.
-    #[error("guest memory: {0}")]
-    Memory(#[from] GuestMemoryError),
-    /// The backend failed.
-    #[error("{0}")]
-    Backend(io::Error),
-}
 
 /// Scratch space for placing one frame, allocated once and never grown:
 /// each vector holds at most `limit` (the largest queue size) entries.
@@ -99,12 +87,10 @@ impl<B: NetBackend> Net<B> {
             &self.metrics,
             &mut used,
         );
-        if used && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            active.irq.signal_used_queue();
-        }
+        signal_used(&mut active.rx, &active.mem, &active.irq, used);
         match result {
             Ok(()) => {}
-            Err(RxError::Backend(e)) => self.backend_failed("read", &e),
+            Err(ServeError::Backend(e)) => self.backend_failed("read", &e),
             Err(e) => self.queue_failed("receive", &e),
         }
     }
@@ -118,7 +104,7 @@ fn receive<B: NetBackend>(
     scratch: &mut Scratch,
     metrics: &NetMetrics,
     used: &mut bool,
-) -> Result<(), RxError> {
+) -> Result<(), ServeError> {
     let mrg = active.has(VIRTIO_NET_F_MRG_RXBUF);
     loop {
         let len = match *pending {
@@ -170,7 +156,7 @@ fn receive<B: NetBackend>(
             Placed::NoBuffers => {
                 inc(&metrics.rx_no_buffers, 1);
                 // Stop reading; the driver's notification brings us back.
-                if !arm_notification(&mut active.rx, &active.mem)? {
+                if !arm_notification(&mut active.rx, &active.mem).map_err(QueueError::from)? {
                     return Ok(());
                 }
             }
@@ -179,7 +165,7 @@ fn receive<B: NetBackend>(
 }
 
 /// Read one packet; `None` when the backend has none.
-fn read_frame<B: NetBackend>(backend: &mut B, buf: &mut [u8]) -> Result<Option<usize>, RxError> {
+fn read_frame<B: NetBackend>(backend: &mut B, buf: &mut [u8]) -> Result<Option<usize>, ServeError> {
     loop {
         match backend.read_frame(buf) {
             Ok(len) => return Ok(Some(len)),
@@ -187,7 +173,7 @@ fn read_frame<B: NetBackend>(backend: &mut B, buf: &mut [u8]) -> Result<Option<u
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A read that fails for any other reason fails again: treating
             // it as a dropped frame could spin.
-            Err(e) => return Err(RxError::Backend(e)),
+            Err(e) => return Err(ServeError::Backend(e)),
         }
     }
 }
@@ -234,7 +220,7 @@ fn place(
     mrg: bool,
     s: &mut Scratch,
     metrics: &NetMetrics,
-) -> Result<(Placed, bool), RxError> {
+) -> Result<(Placed, bool), QueueError> {
     s.segs.clear();
     s.chains.clear();
     s.used.clear();
@@ -322,7 +308,11 @@ fn place(
 
 /// Write `packet` across the chains in `s` (which can hold it), setting
 /// `num_buffers`, and record the used entries.
-fn write_packet(mem: &GuestMemoryMmap, packet: &mut [u8], s: &mut Scratch) -> Result<(), RxError> {
+fn write_packet(
+    mem: &GuestMemoryMmap,
+    packet: &mut [u8],
+    s: &mut Scratch,
+) -> Result<(), QueueError> {
     // At most a queue's worth of chains: fits.
     let n = u16::try_from(s.chains.len()).unwrap_or(u16::MAX);
     if let Some(field) = packet.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {

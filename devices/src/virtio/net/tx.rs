@@ -8,6 +8,7 @@
 //! backend leaves the chain in the ring for the next attempt.
 
 use std::io;
+use std::ops::ControlFlow;
 
 use log::debug;
 use virtio_bindings::virtio_net::{
@@ -15,35 +16,24 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemory, GuestMemoryMmap};
 
-use super::{inc, is_fatal, Active, Net, NetBackend, NetMetrics, VNET_HDR_LEN};
-use crate::virtio::queue::{arm_notification, read_chain, ChainError, Copied, Overflow};
+use super::{inc, is_fatal, Active, Net, NetBackend, NetMetrics, ServeError, VNET_HDR_LEN};
+use crate::virtio::queue::{
+    arm_notification, drain, read_chain, signal_used, ChainError, Copied, Overflow, QueueError,
+};
 
-/// Why transmission stopped for good.
-#[derive(Debug, thiserror::Error)]
-enum TxError {
-    /// The transmit ring is broken.
-    #[error(transparent)]
-    Queue(#[from] virtio_queue::Error),
-    /// The available ring announces chains that cannot be read.
-    #[error("the available ring announces chains that cannot be read")]
-    Stalled,
-    /// The backend failed.
-    #[error("{0}")]
-    Backend(io::Error),
-}
-
-/// What became of one chain.
-enum Sent {
-    /// Sent or dropped: return the chain.
-    Done,
-    /// The backend is full: keep the chain for later.
+/// Why a chain stays in the ring.
+enum Kept {
+    /// The backend is full: the chain is sent later.
     Blocked,
     /// The backend is gone.
     Failed(io::Error),
 }
+
+/// A chain sent or dropped: returned as used, nothing written to it.
+const DONE: ControlFlow<Kept, u32> = ControlFlow::Continue(0);
 
 impl<B: NetBackend> Net<B> {
     /// Send what the guest queued, then interrupt it if (EVENT_IDX
@@ -64,19 +54,17 @@ impl<B: NetBackend> Net<B> {
             &self.metrics,
             &mut used,
         );
-        if used && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            active.irq.signal_used_queue();
-        }
+        signal_used(&mut active.tx, &active.mem, &active.irq, used);
         match result {
             Ok(()) => {}
-            Err(TxError::Backend(e)) => self.backend_failed("write", &e),
+            Err(ServeError::Backend(e)) => self.backend_failed("write", &e),
             Err(e) => self.queue_failed("transmit", &e),
         }
     }
 }
 
-/// The standard service loop: disable notifications, handle at most a
-/// queue's worth of chains, re-enable notifications and check again.
+/// The standard service loop ([`drain`]); a chain the backend cannot take
+/// now, or at all, stays in the ring.
 fn transmit<B: NetBackend>(
     backend: &mut B,
     active: &mut Active,
@@ -84,50 +72,29 @@ fn transmit<B: NetBackend>(
     blocked: &mut bool,
     metrics: &NetMetrics,
     used: &mut bool,
-) -> Result<(), TxError> {
+) -> Result<(), ServeError> {
     let acked = active.acked;
     let (queue, mem) = (&mut active.tx, &active.mem);
-    loop {
-        queue.disable_notification(mem)?;
-        let size = queue.size();
-        let mut handled = 0;
-        while handled < size {
-            // `iter` refuses an available index more than a queue ahead.
-            let Some(chain) = queue.iter(mem)?.next() else {
-                break;
-            };
-            let head = chain.head_index();
-            match send_chain(backend, chain, mem, size, buf, acked, metrics) {
-                Sent::Done => {}
-                Sent::Blocked => {
-                    queue.go_to_previous_position();
-                    *blocked = true;
-                    inc(&metrics.tx_blocked, 1);
-                    // Retried when the backend is writable again, or when
-                    // the driver adds a chain.
-                    arm_notification(queue, mem)?;
-                    return Ok(());
-                }
-                Sent::Failed(e) => {
-                    queue.go_to_previous_position();
-                    return Err(TxError::Backend(e));
-                }
-            }
-            queue.add_used(mem, head, 0)?;
-            *used = true;
-            handled += 1;
+    let flow = drain(queue, mem, used, |chain, size| {
+        send_chain(backend, chain, mem, size, buf, acked, metrics)
+    })?;
+    match flow {
+        ControlFlow::Continue(()) => *blocked = false,
+        ControlFlow::Break(Kept::Blocked) => {
+            *blocked = true;
+            inc(&metrics.tx_blocked, 1);
+            // Retried when the backend is writable again, or when the
+            // driver adds a chain.
+            arm_notification(queue, mem).map_err(QueueError::from)?;
         }
-        *blocked = false;
-        if !queue.enable_notification(mem)? {
-            return Ok(());
-        }
-        if handled == 0 {
-            // More is announced but nothing could be taken: never spin.
-            return Err(TxError::Stalled);
-        }
+        ControlFlow::Break(Kept::Failed(e)) => return Err(ServeError::Backend(e)),
     }
+    Ok(())
 }
 
+/// Check one chain and send its frame: `Continue(0)` when it was sent or
+/// dropped (it goes back to the driver as used), `Break` when it must stay
+/// in the ring.
 fn send_chain<B: NetBackend>(
     backend: &mut B,
     chain: DescriptorChain<&GuestMemoryMmap>,
@@ -136,7 +103,7 @@ fn send_chain<B: NetBackend>(
     buf: &mut [u8],
     acked: u64,
     metrics: &NetMetrics,
-) -> Sent {
+) -> ControlFlow<Kept, u32> {
     let head = chain.head_index();
     let packet = match gather(chain, mem, max, buf) {
         Ok(len) => buf.get(..len).unwrap_or_default(),
@@ -146,13 +113,13 @@ fn send_chain<B: NetBackend>(
                 ChainError::TooBig(_) => inc(&metrics.tx_dropped_too_big, 1),
                 _ => inc(&metrics.tx_bad_chains, 1),
             }
-            return Sent::Done;
+            return DONE;
         }
     };
     if let Err(why) = check_header(packet, acked) {
         debug!("virtio-net: transmit chain {head} refused: {why}");
         inc(&metrics.tx_dropped_bad_header, 1);
-        return Sent::Done;
+        return DONE;
     }
     loop {
         match backend.write_frame(packet) {
@@ -160,21 +127,23 @@ fn send_chain<B: NetBackend>(
                 inc(&metrics.tx_frames, 1);
                 let frame_len = packet.len().saturating_sub(VNET_HDR_LEN);
                 inc(&metrics.tx_bytes, u64::try_from(frame_len).unwrap_or(0));
-                return Sent::Done;
+                return DONE;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return ControlFlow::Break(Kept::Blocked)
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_fatal(&e) => return Sent::Failed(e),
+            Err(e) if is_fatal(&e) => return ControlFlow::Break(Kept::Failed(e)),
             Err(e) if e.raw_os_error() == Some(libc::EIO) => {
                 // The TAP is down: like an unplugged cable.
                 inc(&metrics.tx_dropped_link_down, 1);
-                return Sent::Done;
+                return DONE;
             }
             Err(e) => {
                 // EINVAL (a header the backend rejects), ENOBUFS, ...
                 debug!("virtio-net: backend refused a frame: {e}");
                 inc(&metrics.tx_dropped_backend, 1);
-                return Sent::Done;
+                return DONE;
             }
         }
     }
