@@ -12,6 +12,8 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 mod queue;
+#[cfg(test)]
+mod test_util;
 pub mod vsock;
 
 use std::os::fd::RawFd;

@@ -9,21 +9,19 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use virtio_bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
-};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
+use crate::virtio::test_util::*;
 use crate::virtio::VIRTIO_MMIO_INT_VRING;
 
-/// Guest memory: two adjacent 2 MiB regions, so buffers can straddle them.
-const REGION: u64 = 0x20_0000;
-const MEM_END: u64 = 2 * REGION;
-const QSIZE: u16 = 16;
+/// The request queue, the only one.
+const Q: usize = 0;
+/// Its rings in the shared driver.
 const DESC_TABLE: u64 = 0x1000;
 const AVAIL: u64 = 0x2000;
 const USED: u64 = 0x3000;
@@ -33,15 +31,8 @@ const STATUS: u64 = 0x18_0000;
 const INDIRECT: u64 = 0x19_0000;
 const SECTORS: u64 = 64;
 
-/// A descriptor as the tests write it: address, length, flags.
-type Desc = (u64, u32, u16);
-
-const R: u16 = 0;
-const W: u16 = VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const UNTOUCHED: u8 = 0xee;
 
-const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 const BASE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_FLUSH);
 
 fn image_byte(offset: u64) -> u8 {
@@ -64,25 +55,18 @@ fn file_contents(t: &TempFile) -> Vec<u8> {
 }
 
 fn new_queue(mem: &GuestMemoryMmap) -> Queue {
-    let mut q = Queue::new(QSIZE).unwrap();
-    q.try_set_desc_table_address(GuestAddress(DESC_TABLE))
-        .unwrap();
-    q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
-    q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-    q.set_ready(true);
-    assert!(q.is_valid(mem));
-    q
+    Ring::new(DESC_TABLE).queue(mem)
 }
 
-/// A block device on a temp image plus a minimal split-queue driver.
+/// A block device on a temp image plus a minimal split-queue driver (the
+/// harness dereferences to it).
 struct Harness {
-    mem: GuestMemoryMmap,
+    drv: Driver<1>,
     image: TempFile,
     block: Block,
-    irq: Arc<IrqTrigger>,
-    avail_idx: u16,
-    next_desc: u16,
 }
+
+deref_driver!(Harness, 1);
 
 impl Harness {
     fn new() -> Self {
@@ -95,74 +79,12 @@ impl Harness {
     }
 
     fn with(image: TempFile, read_only: bool, id: Option<&str>, features: u64) -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), REGION as usize),
-            (GuestAddress(REGION), REGION as usize),
-        ])
-        .unwrap();
+        let drv = Driver::new();
+        let r = &drv.rings[Q];
+        assert_eq!((r.desc, r.avail, r.used), (DESC_TABLE, AVAIL, USED));
         let mut block = Block::new(image.as_path(), read_only, id).unwrap();
-        let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        block
-            .activate(ActivateContext {
-                mem: mem.clone(),
-                queues: vec![new_queue(&mem)],
-                acked_features: features,
-                irq: irq.clone(),
-            })
-            .unwrap();
-        Self {
-            mem,
-            image,
-            block,
-            irq,
-            avail_idx: 0,
-            next_desc: 0,
-        }
-    }
-
-    fn set_desc(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let d = Descriptor::new(addr, len, flags, next);
-        self.mem
-            .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
-            .unwrap();
-    }
-
-    /// Put `descs` (addr, len, flags) in consecutive table slots, linked with
-    /// NEXT; return the head index.
-    fn chain(&mut self, descs: &[Desc]) -> u16 {
-        let head = self.next_desc;
-        for (n, &(addr, len, flags)) in descs.iter().enumerate() {
-            let i = (head + n as u16) % QSIZE;
-            let last = n + 1 == descs.len();
-            let (flags, next) = if last {
-                (flags, 0)
-            } else {
-                (flags | NEXT, (i + 1) % QSIZE)
-            };
-            self.set_desc(DESC_TABLE, i, addr, len, flags, next);
-        }
-        self.next_desc = (head + descs.len() as u16) % QSIZE;
-        head
-    }
-
-    fn publish(&mut self, head: u16) {
-        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
-    }
-
-    fn used_elem(&self, i: u16) -> (u32, u32) {
-        let at = USED + 4 + 8 * u64::from(i % QSIZE);
-        let id = self.mem.read_obj(GuestAddress(at)).unwrap();
-        let len = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-        (id, len)
+        block.activate(drv.context(features)).unwrap();
+        Self { drv, image, block }
     }
 
     fn header(&self, t: u32, sector: u64) {
@@ -172,15 +94,7 @@ impl Harness {
     }
 
     fn fill(&self, addr: u64, len: usize, byte: u8) {
-        self.mem
-            .write_slice(&vec![byte; len], GuestAddress(addr))
-            .unwrap();
-    }
-
-    fn guest(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
+        self.write(addr, &vec![byte; len]);
     }
 
     fn status(&self) -> u8 {
@@ -190,12 +104,11 @@ impl Harness {
     /// Submit one chain, run the device, return (used len, status byte).
     fn submit(&mut self, descs: &[Desc]) -> (u32, u8) {
         self.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
-        let head = self.chain(descs);
-        self.publish(head);
-        let before = self.used_idx();
+        let head = self.add(Q, descs);
+        let before = self.used_idx(Q);
         self.block.queue_notify(0);
-        assert_eq!(self.used_idx(), before.wrapping_add(1), "one chain used");
-        let (id, len) = self.used_elem(before);
+        assert_eq!(self.used_idx(Q), before.wrapping_add(1), "one chain used");
+        let (id, len) = self.used_elem(Q, before);
         assert_eq!(id, u32::from(head));
         (len, self.status())
     }
@@ -211,10 +124,6 @@ impl Harness {
 
     fn metrics(&self) -> BlockMetricsSnapshot {
         self.block.metrics().snapshot()
-    }
-
-    fn interrupts(&self) -> u64 {
-        self.irq.event_fd().read().unwrap_or(0)
     }
 }
 
@@ -328,8 +237,8 @@ fn read_sectors_into_split_buffers() {
     let straddle = REGION - 0x100;
     let r = h.request(VIRTIO_BLK_T_IN, 3, &[(DATA, 512, W), (straddle, 1024, W)]);
     assert_eq!(r, (1 + 1536, OK));
-    assert_eq!(h.guest(DATA, 512), image_range(3 * 512, 512));
-    assert_eq!(h.guest(straddle, 1024), image_range(4 * 512, 1024));
+    assert_eq!(h.read(DATA, 512), image_range(3 * 512, 512));
+    assert_eq!(h.read(straddle, 1024), image_range(4 * 512, 1024));
     assert_eq!(h.interrupts(), 1);
     assert_eq!(h.irq.status(), VIRTIO_MMIO_INT_VRING);
     let m = h.metrics();
@@ -341,7 +250,7 @@ fn read_last_sector() {
     let mut h = Harness::new();
     let r = h.request(VIRTIO_BLK_T_IN, SECTORS - 1, &[(DATA, 512, W)]);
     assert_eq!(r, (513, OK));
-    assert_eq!(h.guest(DATA, 512), image_range((SECTORS - 1) * 512, 512));
+    assert_eq!(h.read(DATA, 512), image_range((SECTORS - 1) * 512, 512));
 }
 
 #[test]
@@ -391,18 +300,18 @@ fn get_id_with_given_serial() {
     );
     let mut expected = b"test-disk".to_vec();
     expected.resize(20, 0);
-    assert_eq!(h.guest(DATA, 20), expected);
-    assert_eq!(h.guest(DATA + 20, 12), [UNTOUCHED; 12]);
+    assert_eq!(h.read(DATA, 20), expected);
+    assert_eq!(h.read(DATA + 20, 12), [UNTOUCHED; 12]);
     // A short buffer gets a prefix; a split one gets it in order.
     h.fill(DATA, 32, UNTOUCHED);
     assert_eq!(h.request(VIRTIO_BLK_T_GET_ID, 0, &[(DATA, 4, W)]), (5, OK));
-    assert_eq!(h.guest(DATA, 5), b"test\xee");
+    assert_eq!(h.read(DATA, 5), b"test\xee");
     h.fill(DATA, 32, UNTOUCHED);
     let r = h.request(VIRTIO_BLK_T_GET_ID, 0, &[(DATA, 5, W), (DATA + 16, 64, W)]);
     assert_eq!(r, (21, OK));
-    assert_eq!(h.guest(DATA, 5), b"test-");
+    assert_eq!(h.read(DATA, 5), b"test-");
     assert_eq!(
-        h.guest(DATA + 16, 16),
+        h.read(DATA + 16, 16),
         [&expected[5..], &[UNTOUCHED]].concat()
     );
     assert_eq!(h.metrics().get_ids, 3);
@@ -444,7 +353,7 @@ fn unsupported_types() {
         let r = h.request(t, 0, &[(DATA, 512, W)]);
         assert_eq!(r, (1, UNSUPP), "type {t}");
     }
-    assert_eq!(h.guest(DATA, 512), [UNTOUCHED; 512]);
+    assert_eq!(h.read(DATA, 512), [UNTOUCHED; 512]);
     assert_eq!(h.metrics().unsupported_requests, 4);
 }
 
@@ -465,7 +374,7 @@ fn sectors_beyond_capacity() {
         let r = h.request(VIRTIO_BLK_T_OUT, sector, &[(DATA, len, R)]);
         assert_eq!(r, (1, IOERR), "write of sector {sector}");
     }
-    assert_eq!(h.guest(DATA, 1024), [UNTOUCHED; 1024]);
+    assert_eq!(h.read(DATA, 1024), [UNTOUCHED; 1024]);
     assert_eq!(file_contents(&h.image), before, "file unchanged, not grown");
     assert_eq!(h.metrics().invalid_requests, 10);
 }
@@ -498,7 +407,7 @@ fn bad_headers_get_ioerr() {
     }
     // No header at all: the status byte alone.
     assert_eq!(h.submit(&[status]), (1, IOERR));
-    assert_eq!(h.guest(DATA, 512), [UNTOUCHED; 512]);
+    assert_eq!(h.read(DATA, 512), [UNTOUCHED; 512]);
 }
 
 #[test]
@@ -530,7 +439,7 @@ fn data_descriptors_with_wrong_direction() {
     // A read whose second buffer is device-readable.
     let r = h.request(VIRTIO_BLK_T_IN, 0, &[(DATA, 512, W), (DATA + 512, 512, R)]);
     assert_eq!(r, (1, IOERR));
-    assert_eq!(h.guest(DATA, 1024), [UNTOUCHED; 1024], "nothing read in");
+    assert_eq!(h.read(DATA, 1024), [UNTOUCHED; 1024], "nothing read in");
     // A write whose buffer is device-writable.
     let r = h.request(VIRTIO_BLK_T_OUT, 0, &[(DATA, 512, R), (DATA + 512, 512, W)]);
     assert_eq!(r, (1, IOERR));
@@ -565,7 +474,7 @@ fn data_outside_guest_memory() {
         &[(DATA, 0x8000_0000, W), (DATA, 0x8000_0000, W)],
     );
     assert_eq!(r, (0, UNTOUCHED));
-    assert_eq!(h.guest(MEM_END - 256, 256), [UNTOUCHED; 256]);
+    assert_eq!(h.read(MEM_END - 256, 256), [UNTOUCHED; 256]);
     assert_eq!(file_contents(&h.image), before);
 }
 
@@ -604,26 +513,26 @@ fn descriptor_loops_terminate() {
     let mut h = Harness::new();
     h.header(VIRTIO_BLK_T_IN, 0);
     // 0 -> 1 -> 2 -> 1 -> ...
-    h.set_desc(DESC_TABLE, 0, HDR, 16, R | NEXT, 1);
-    h.set_desc(DESC_TABLE, 1, DATA, 512, W | NEXT, 2);
-    h.set_desc(DESC_TABLE, 2, STATUS, 1, W | NEXT, 1);
+    h.write_desc(DESC_TABLE, 0, (HDR, 16, R | NEXT), 1);
+    h.write_desc(DESC_TABLE, 1, (DATA, 512, W | NEXT), 2);
+    h.write_desc(DESC_TABLE, 2, (STATUS, 1, W | NEXT), 1);
     h.mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
-    h.publish(0);
+    h.publish(Q, 0);
     // A descriptor pointing at itself.
-    h.set_desc(DESC_TABLE, 3, STATUS, 1, W | NEXT, 3);
-    h.publish(3);
+    h.write_desc(DESC_TABLE, 3, (STATUS, 1, W | NEXT), 3);
+    h.publish(Q, 3);
     // NEXT beyond the table.
-    h.set_desc(DESC_TABLE, 4, HDR, 16, R | NEXT, 200);
-    h.publish(4);
+    h.write_desc(DESC_TABLE, 4, (HDR, 16, R | NEXT), 200);
+    h.publish(Q, 4);
     h.block.queue_notify(0);
-    assert_eq!(h.used_idx(), 3);
+    assert_eq!(h.used_idx(Q), 3);
     for i in 0..3 {
-        assert_eq!(h.used_elem(i).1, 0, "chain {i}");
+        assert_eq!(h.used_elem(Q, i).1, 0, "chain {i}");
     }
     assert_eq!(h.status(), UNTOUCHED);
     assert!(!h.block.needs_reset());
     // The queue still works.
-    h.next_desc = 5;
+    h.rings[Q].next_desc = 5;
     assert_eq!(h.request(VIRTIO_BLK_T_IN, 0, &[(DATA, 512, W)]), (513, OK));
 }
 
@@ -635,29 +544,29 @@ fn indirect_tables() {
 
     // A valid indirect chain works (the device does not offer INDIRECT_DESC,
     // but following a well-formed table is harmless).
-    h.set_desc(INDIRECT, 0, HDR, 16, R | NEXT, 1);
-    h.set_desc(INDIRECT, 1, DATA, 512, W | NEXT, 2);
-    h.set_desc(INDIRECT, 2, STATUS, 1, W, 0);
+    h.write_desc(INDIRECT, 0, (HDR, 16, R | NEXT), 1);
+    h.write_desc(INDIRECT, 1, (DATA, 512, W | NEXT), 2);
+    h.write_desc(INDIRECT, 2, (STATUS, 1, W), 0);
     assert_eq!(h.submit(&[(INDIRECT, 3 * 16, ind)]), (513, OK));
-    assert_eq!(h.guest(DATA, 512), image_range(512, 512));
+    assert_eq!(h.read(DATA, 512), image_range(512, 512));
 
     // Longer than the queue: a table of 2 * QSIZE descriptors.
     let n = 2 * QSIZE;
-    h.set_desc(INDIRECT, 0, HDR, 16, R | NEXT, 1);
+    h.write_desc(INDIRECT, 0, (HDR, 16, R | NEXT), 1);
     for i in 1..n - 1 {
-        h.set_desc(INDIRECT, i, DATA, 512, W | NEXT, i + 1);
+        h.write_desc(INDIRECT, i, (DATA, 512, W | NEXT), i + 1);
     }
-    h.set_desc(INDIRECT, n - 1, STATUS, 1, W, 0);
+    h.write_desc(INDIRECT, n - 1, (STATUS, 1, W), 0);
     assert_eq!(
         h.submit(&[(INDIRECT, u32::from(n) * 16, ind)]),
         (0, UNTOUCHED)
     );
 
     // Nested indirect table.
-    h.set_desc(INDIRECT, 0, HDR, 16, R | NEXT, 1);
-    h.set_desc(INDIRECT, 1, INDIRECT + 0x1000, 32, ind, 0);
+    h.write_desc(INDIRECT, 0, (HDR, 16, R | NEXT), 1);
+    h.write_desc(INDIRECT, 1, (INDIRECT + 0x1000, 32, ind), 0);
     assert_eq!(h.submit(&[(INDIRECT, 2 * 16, ind)]), (0, UNTOUCHED));
-    h.set_desc(INDIRECT, 0, INDIRECT, 16, ind, 0);
+    h.write_desc(INDIRECT, 0, (INDIRECT, 16, ind), 0);
     assert_eq!(h.submit(&[(INDIRECT, 16, ind)]), (0, UNTOUCHED));
 
     // Table length not a multiple of a descriptor, empty, or outside memory.
@@ -667,7 +576,7 @@ fn indirect_tables() {
     assert_eq!(h.submit(&[(INDIRECT, 0xffff_fff0, ind)]), (0, UNTOUCHED));
     // Indirect descriptor after a regular one.
     h.header(VIRTIO_BLK_T_FLUSH, 0);
-    h.set_desc(INDIRECT, 0, STATUS, 1, W, 0);
+    h.write_desc(INDIRECT, 0, (STATUS, 1, W), 0);
     let r = h.submit(&[(HDR, 16, R), (INDIRECT, 16, ind)]);
     assert_eq!(r.1, OK, "header then an indirect table holding the status");
     assert!(!h.block.needs_reset());
@@ -676,18 +585,18 @@ fn indirect_tables() {
 #[test]
 fn out_of_range_head_index_needs_reset() {
     let mut h = Harness::new();
-    h.publish(QSIZE + 3);
+    h.publish(Q, QSIZE + 3);
     h.block.queue_notify(0);
     assert!(h.block.needs_reset());
-    assert_eq!(h.used_idx(), 0);
+    assert_eq!(h.used_idx(Q), 0);
     assert_eq!(h.metrics().queue_errors, 1);
     // Further notifications are ignored until reset, even for good chains.
     h.header(VIRTIO_BLK_T_FLUSH, 0);
-    let head = h.chain(&[(HDR, 16, R), (STATUS, 1, W)]);
-    h.publish(head);
+    let head = h.chain(Q, &[(HDR, 16, R), (STATUS, 1, W)]);
+    h.publish(Q, head);
     h.block.queue_notify(0);
     assert_eq!(h.metrics().requests, 1);
-    assert_eq!(h.used_idx(), 0);
+    assert_eq!(h.used_idx(Q), 0);
     h.block.reset();
     assert!(!h.block.needs_reset());
 }
@@ -709,14 +618,14 @@ fn many_requests_wrap_the_rings() {
         // A full ring of 3-descriptor chains does not fit 16 descriptors, so
         // publish 5 chains at a time.
         for _ in 0..5 {
-            let head = h.chain(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
-            h.publish(head);
+            let head = h.chain(Q, &[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+            h.publish(Q, head);
         }
         h.block.queue_notify(0);
-        assert_eq!(h.used_idx(), 5 * (round + 1));
+        assert_eq!(h.used_idx(Q), 5 * (round + 1));
     }
     for i in 0..15 {
-        assert_eq!(h.used_elem(i).1, 513);
+        assert_eq!(h.used_elem(Q, i).1, 513);
     }
     assert_eq!(h.metrics().reads, 15);
     // No event idx: notifications re-enabled after the pass.
@@ -763,10 +672,10 @@ fn reset_stops_processing() {
     let mut h = Harness::new();
     h.block.reset();
     h.header(VIRTIO_BLK_T_IN, 0);
-    let head = h.chain(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
-    h.publish(head);
+    let head = h.chain(Q, &[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+    h.publish(Q, head);
     h.block.queue_notify(0);
     h.block.queue_notify(1);
-    assert_eq!(h.used_idx(), 0);
+    assert_eq!(h.used_idx(Q), 0);
     assert_eq!(h.metrics().requests, 0);
 }

@@ -1,6 +1,6 @@
-//! Test helpers: guest memory with three hand-driven split queues, a
-//! minimal vsock driver (packets in and out, per-connection credit) and
-//! host-side socket helpers. The ring helpers follow `net/test_util.rs`.
+//! Test helpers: the shared ring driver (`virtio/test_util.rs`) with three
+//! queues, a minimal vsock driver on top (packets in and out,
+//! per-connection credit) and host-side socket helpers.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,30 +12,17 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempdir::TempDir;
 
 use super::packet::{Header, Op, TYPE_STREAM};
 use super::*;
+pub use crate::virtio::test_util::*;
 
-/// Guest memory: two adjacent 2 MiB regions, so buffers can straddle them.
-pub const REGION: u64 = 0x20_0000;
-pub const MEM_END: u64 = 2 * REGION;
-pub const QSIZE: u16 = 16;
 pub const CID: u64 = 3;
 
-pub const R: u16 = 0;
-pub const W: u16 = VRING_DESC_F_WRITE as u16;
-pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 pub const RX: usize = RX_QUEUE;
 pub const TX: usize = TX_QUEUE;
 pub const HDR: usize = HDR_LEN;
-
-/// A descriptor as the tests write it: address, length, flags.
-pub type Desc = (u64, u32, u16);
 
 /// Each descriptor index of the rx and tx queues owns a buffer this big
 /// (a header and the largest payload fit), in its queue's area. The tx
@@ -50,44 +37,9 @@ pub const RX_BUF: u32 = 4096 + HDR as u32;
 
 /// Features of a plain modern driver.
 pub const BASE: u64 = 1 << VIRTIO_F_VERSION_1;
-pub const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 
 /// Short timeouts for tests that wait for them.
 pub const SHORT: Duration = Duration::from_millis(30);
-
-/// One split queue as a driver sees it.
-pub struct Ring {
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
-    pub avail_idx: u16,
-    pub next_desc: u16,
-}
-
-impl Ring {
-    fn new(base: u64) -> Self {
-        Self {
-            desc: base,
-            avail: base + 0x1000,
-            used: base + 0x2000,
-            avail_idx: 0,
-            next_desc: 0,
-        }
-    }
-
-    fn queue(&self, mem: &GuestMemoryMmap) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.try_set_desc_table_address(GuestAddress(self.desc))
-            .unwrap();
-        q.try_set_avail_ring_address(GuestAddress(self.avail))
-            .unwrap();
-        q.try_set_used_ring_address(GuestAddress(self.used))
-            .unwrap();
-        q.set_ready(true);
-        assert!(q.is_valid(mem));
-        q
-    }
-}
 
 /// A packet the guest received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,17 +99,17 @@ impl GuestSock {
 }
 
 /// A vsock device listening in a temporary directory, activated on three
-/// queues, plus a minimal driver.
+/// queues, plus a minimal driver (the harness dereferences to its rings).
 pub struct Harness {
     _dir: TempDir,
     pub path: PathBuf,
-    pub mem: GuestMemoryMmap,
+    pub drv: Driver<3>,
     pub dev: Vsock,
-    pub irq: Arc<IrqTrigger>,
-    pub rings: [Ring; 3],
     rx_seen: u16,
     rx_posted: u16,
 }
+
+deref_driver!(Harness, 3);
 
 impl Harness {
     pub fn new() -> Self {
@@ -176,33 +128,19 @@ impl Harness {
     fn build(features: u64, capacity: usize) -> Self {
         let dir = TempDir::new().unwrap();
         let path = dir.as_path().join("v.sock");
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), REGION as usize),
-            (GuestAddress(REGION), REGION as usize),
-        ])
-        .unwrap();
+        let drv = Driver::new();
         let mut dev = Vsock::with_capacity(CID, &path, capacity).unwrap();
         dev.muxer.timeouts = muxer::Timeouts {
             handshake: Duration::from_secs(10),
             connect: Duration::from_secs(10),
             linger: Duration::from_secs(10),
         };
-        let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        let rings = [Ring::new(0x1000), Ring::new(0x4000), Ring::new(0x7000)];
-        dev.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: rings.iter().map(|r| r.queue(&mem)).collect(),
-            acked_features: features,
-            irq: irq.clone(),
-        })
-        .unwrap();
+        dev.activate(drv.context(features)).unwrap();
         Self {
             _dir: dir,
             path,
-            mem,
+            drv,
             dev,
-            irq,
-            rings,
             rx_seen: 0,
             rx_posted: 0,
         }
@@ -215,80 +153,6 @@ impl Harness {
             connect: t,
             linger: t,
         };
-    }
-
-    pub fn set_desc(&self, q: usize, i: u16, d: Desc, next: u16) {
-        let d = Descriptor::new(d.0, d.1, d.2, next);
-        let at = self.rings[q].desc + 16 * u64::from(i);
-        self.mem.write_obj(d, GuestAddress(at)).unwrap();
-    }
-
-    /// Put `descs` in consecutive table slots of queue `q`, linked with
-    /// NEXT; return the head index.
-    pub fn chain(&mut self, q: usize, descs: &[Desc]) -> u16 {
-        let head = self.rings[q].next_desc;
-        for (n, &(addr, len, flags)) in descs.iter().enumerate() {
-            let i = (head + n as u16) % QSIZE;
-            if n + 1 == descs.len() {
-                self.set_desc(q, i, (addr, len, flags), 0);
-            } else {
-                self.set_desc(q, i, (addr, len, flags | NEXT), (i + 1) % QSIZE);
-            }
-        }
-        self.rings[q].next_desc = (head + descs.len() as u16) % QSIZE;
-        head
-    }
-
-    pub fn publish(&mut self, q: usize, head: u16) {
-        let r = &mut self.rings[q];
-        let slot = r.avail + 4 + 2 * u64::from(r.avail_idx % QSIZE);
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        r.avail_idx = r.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(r.avail_idx, GuestAddress(r.avail + 2))
-            .unwrap();
-    }
-
-    /// Chain and publish.
-    pub fn add(&mut self, q: usize, descs: &[Desc]) -> u16 {
-        let head = self.chain(q, descs);
-        self.publish(q, head);
-        head
-    }
-
-    pub fn used_idx(&self, q: usize) -> u16 {
-        self.mem
-            .read_obj(GuestAddress(self.rings[q].used + 2))
-            .unwrap()
-    }
-
-    /// (id, len) of used entry `i`.
-    pub fn used_elem(&self, q: usize, i: u16) -> (u32, u32) {
-        let at = self.rings[q].used + 4 + 8 * u64::from(i % QSIZE);
-        let id = self.mem.read_obj(GuestAddress(at)).unwrap();
-        let len = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-        (id, len)
-    }
-
-    /// The device's avail_event (EVENT_IDX) for queue `q`.
-    pub fn avail_event(&self, q: usize) -> u16 {
-        let at = self.rings[q].used + 4 + 8 * u64::from(QSIZE);
-        self.mem.read_obj(GuestAddress(at)).unwrap()
-    }
-
-    pub fn write(&self, addr: u64, bytes: &[u8]) {
-        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
-    }
-
-    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
-    }
-
-    /// Whether the interrupt was raised since the last call.
-    pub fn irq_raised(&self) -> bool {
-        self.irq.event_fd().read().is_ok()
     }
 
     pub fn metrics(&self) -> VsockMetricsSnapshot {
