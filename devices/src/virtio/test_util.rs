@@ -11,15 +11,17 @@
     clippy::cast_possible_truncation
 )]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ActivateContext, IrqTrigger};
+use super::mmio::MmioTransport;
+use super::{ActivateContext, IrqTrigger, VirtioDevice};
 
 /// Guest memory: two adjacent 2 MiB regions, so buffers can straddle them.
 pub const REGION: u64 = 0x20_0000;
@@ -52,6 +54,20 @@ pub fn guest_memory() -> GuestMemoryMmap {
         (GuestAddress(REGION), REGION as usize),
     ])
     .unwrap()
+}
+
+/// An event manager like the VMM's.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// `dev` behind an MMIO transport (not activated) on one region of guest
+/// memory, subscribed to a new event manager.
+pub fn in_event_loop(dev: Box<dyn VirtioDevice>) -> EventLoop {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), REGION as usize)]).unwrap();
+    let irq = Arc::new(IrqTrigger::new(EventFd::new(0).unwrap()));
+    let t = MmioTransport::new(dev, mem, irq).unwrap();
+    let mut em = EventLoop::new().unwrap();
+    em.add_subscriber(Arc::new(Mutex::new(t)));
+    em
 }
 
 /// One split queue as a driver sees it.

@@ -37,6 +37,14 @@ fn harness(features: u64) -> (Harness<Fake>, Arc<Mutex<FakeState>>) {
     (Harness::new(fake, features), state)
 }
 
+/// Queue (without notifying) a 60-byte frame at `BUF` whose first write
+/// to the backend fails with `e`.
+fn queue_failing_tx(h: &mut Harness<Fake>, state: &Mutex<FakeState>, e: io::Error) {
+    h.write(BUF, &packet(0, 0, 60));
+    state.lock().unwrap().tx_errors.push_back(e);
+    h.add(TX, &[(BUF, HDR as u32 + 60, R)]);
+}
+
 fn queue_rx(state: &Mutex<FakeState>, p: Vec<u8>) {
     state.lock().unwrap().rx.push_back(Ok(p));
 }
@@ -288,13 +296,7 @@ fn transmit_headers_must_match_negotiated_features() {
 #[test]
 fn full_backend_keeps_the_chain_until_writable() {
     let (mut h, state) = harness(BASE | EVENT_IDX);
-    h.write(BUF, &packet(0, 0, 60));
-    state
-        .lock()
-        .unwrap()
-        .tx_errors
-        .push_back(io::ErrorKind::WouldBlock.into());
-    h.add(TX, &[(BUF, HDR as u32 + 60, R)]);
+    queue_failing_tx(&mut h, &state, io::ErrorKind::WouldBlock.into());
     h.net.queue_notify(TX);
     assert_eq!(h.used_idx(TX), 0, "the chain stays in the ring");
     assert!(state.lock().unwrap().tx.is_empty());
@@ -313,13 +315,7 @@ fn full_backend_keeps_the_chain_until_writable() {
 #[test]
 fn refused_frame_is_dropped_alone() {
     let (mut h, state) = harness(BASE);
-    h.write(BUF, &packet(0, 0, 60));
-    state
-        .lock()
-        .unwrap()
-        .tx_errors
-        .push_back(errno(libc::EINVAL));
-    h.add(TX, &[(BUF, HDR as u32 + 60, R)]);
+    queue_failing_tx(&mut h, &state, errno(libc::EINVAL));
     h.add(TX, &[(BUF, HDR as u32 + 60, R)]);
     h.net.queue_notify(TX);
     assert_eq!(h.used_idx(TX), 2);
@@ -332,13 +328,7 @@ fn refused_frame_is_dropped_alone() {
 #[test]
 fn vanished_backend_needs_reset_and_stays_quiet() {
     let (mut h, state) = harness(BASE);
-    h.write(BUF, &packet(0, 0, 60));
-    state
-        .lock()
-        .unwrap()
-        .tx_errors
-        .push_back(errno(libc::EBADFD));
-    h.add(TX, &[(BUF, HDR as u32 + 60, R)]);
+    queue_failing_tx(&mut h, &state, errno(libc::EBADFD));
     h.net.queue_notify(TX);
     assert!(h.net.needs_reset());
     assert_eq!(h.used_idx(TX), 0);
@@ -650,21 +640,9 @@ fn reset_drops_the_pending_frame() {
 /// edge-triggered, so a backend left readable wakes the loop once.
 #[test]
 fn backend_fd_is_edge_triggered_in_the_event_loop() {
-    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-
-    use crate::virtio::mmio::MmioTransport;
-
     let (fake, _state) = Fake::new(0);
     let kick = fake.evt.try_clone().unwrap();
-    let net = Net::new(fake, MAC).unwrap();
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), REGION as usize)]).unwrap();
-    let irq = Arc::new(IrqTrigger::new(
-        vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
-    ));
-    let t = MmioTransport::new(Box::new(net), mem, irq).unwrap();
-    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().unwrap();
-    em.add_subscriber(Arc::new(Mutex::new(t)));
+    let mut em = in_event_loop(Box::new(Net::new(fake, MAC).unwrap()));
     kick.write(1).unwrap();
     assert_eq!(em.run_with_timeout(100).unwrap(), 1);
     // Still readable (nobody read the counter), but no new edge.

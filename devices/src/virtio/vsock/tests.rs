@@ -213,23 +213,9 @@ fn event_idx_asks_for_the_next_buffer() {
 /// Through the transport and a real event manager.
 #[test]
 fn works_through_the_mmio_transport_and_event_manager() {
-    use std::sync::Mutex;
-
-    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-
-    use crate::virtio::mmio::MmioTransport;
-
     let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
     let path = dir.as_path().join("s");
-    let dev = Vsock::new(CID, &path).unwrap();
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), REGION as usize)]).unwrap();
-    let irq = Arc::new(IrqTrigger::new(
-        vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
-    ));
-    let t = MmioTransport::new(Box::new(dev), mem, irq).unwrap();
-    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().unwrap();
-    em.add_subscriber(Arc::new(Mutex::new(t)));
+    let mut em = in_event_loop(Box::new(Vsock::new(CID, &path).unwrap()));
     assert_eq!(em.run_with_timeout(0).unwrap(), 0);
     let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
     c.write_all(b"CONNECT 1\n").unwrap();
