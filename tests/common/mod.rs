@@ -240,6 +240,13 @@ impl LabRun {
         self
     }
 
+    /// L1 vCPUs (`--cpus`; the lab's default is 1).
+    pub fn cpus(mut self, n: u32) -> Self {
+        self.args.push("--cpus".into());
+        self.args.push(n.to_string());
+        self
+    }
+
     /// Extra L1 kernel modules (`--modules`).
     pub fn modules(mut self, list: &[&str]) -> Self {
         self.args.push("--modules".into());
