@@ -26,10 +26,10 @@ pub enum ConfigError {
     )]
     Size(String),
     /// Memory too small.
-    #[error("--mem {got} MiB is too small: a guest needs at least {min} MiB", got = .0 >> 20, min = MIN_MEM >> 20)]
+    #[error("--mem {} is too small: a guest needs at least {}", human_size(*.0), human_size(MIN_MEM))]
     MemTooSmall(u64),
     /// Memory too large.
-    #[error("--mem {got} MiB is too large: vmm supports up to {max} GiB", got = .0 >> 20, max = MAX_MEM >> 30)]
+    #[error("--mem {} is too large: vmm supports up to {}", human_size(*.0), human_size(MAX_MEM))]
     MemTooLarge(u64),
     /// Memory not a multiple of the page size.
     #[error("--mem {0} bytes is not a multiple of 4 KiB")]
@@ -444,6 +444,23 @@ fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
     }
 }
 
+/// A byte count in the largest binary unit that divides it (or KiB with a
+/// fraction), e.g. `128 MiB`, `1.5 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+    for (shift, unit) in UNITS {
+        let u = 1u64 << shift;
+        if bytes >= u {
+            return if bytes % u == 0 {
+                format!("{} {unit}", bytes >> shift)
+            } else {
+                format!("{:.1} {unit}", bytes as f64 / u as f64)
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 /// Parse a size such as `128M`, `1G`, `1.5G`, `4096K` or `512` (MiB when no
 /// suffix is given). Suffixes are binary; `MiB`/`MB`/`m` forms are accepted.
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
@@ -496,6 +513,19 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 mod tests {
     #![allow(clippy::cast_possible_truncation)]
     use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(128 << 20), "128 MiB");
+        assert_eq!(human_size(100 << 40), "100 TiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+        assert_eq!(human_size(1 << 20), "1 MiB");
+        assert_eq!(human_size(100), "100 bytes");
+        assert_eq!(
+            ConfigError::MemTooSmall(1 << 20).to_string(),
+            "--mem 1 MiB is too small: a guest needs at least 16 MiB"
+        );
+    }
 
     #[test]
     fn sizes() {

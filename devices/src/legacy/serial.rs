@@ -80,26 +80,44 @@ impl SerialEvents for UartEvents {
 pub struct SerialDevice {
     uart: Serial<IrqEvt, UartEvents, ConsoleOutput>,
     out_bytes: Arc<AtomicU64>,
+    /// Line control register, for the DLAB bit.
+    lcr: u8,
+    /// Whether the guest enabled the received-data interrupt: until its
+    /// driver does, input would be eaten by the driver's start-up (it drains
+    /// the FIFO), so none is taken.
+    rx_enabled: bool,
+    rx_room_evt: EventFd,
 }
+
+// 8250 register offsets and bits used here.
+const IER: u8 = 1;
+const LCR: u8 = 3;
+const LCR_DLAB: u8 = 0x80;
+const IER_RDA: u8 = 0x01;
 
 impl SerialDevice {
     /// A UART raising `irq`, writing to `out`, signalling `rx_room` when the
     /// guest has drained its input FIFO.
-    pub fn new(irq: EventFd, out: ConsoleOutput, rx_room: EventFd) -> Self {
+    pub fn new(irq: EventFd, out: ConsoleOutput, rx_room: EventFd) -> io::Result<Self> {
         let out_bytes = Arc::new(AtomicU64::new(0));
+        let rx_room_evt = rx_room.try_clone()?;
         let events = UartEvents {
             out_bytes: out_bytes.clone(),
             rx_room,
         };
-        Self {
+        Ok(Self {
             uart: Serial::with_events(IrqEvt(irq), events, out),
             out_bytes,
-        }
+            lcr: 0,
+            rx_enabled: false,
+            rx_room_evt,
+        })
     }
 
-    /// Queue input for the guest; returns how many bytes fit in the FIFO.
+    /// Queue input for the guest; returns how many bytes fit in the FIFO
+    /// (none before the guest's driver enabled the receive interrupt).
     pub fn enqueue(&mut self, input: &[u8]) -> usize {
-        if input.is_empty() || self.uart.fifo_capacity() == 0 {
+        if input.is_empty() || self.rx_room() == 0 {
             return 0;
         }
         match self.uart.enqueue_raw_bytes(input) {
@@ -111,9 +129,13 @@ impl SerialDevice {
         }
     }
 
-    /// Free room in the receive FIFO.
+    /// Free room in the receive FIFO (0 until the guest takes input).
     pub fn rx_room(&self) -> usize {
-        self.uart.fifo_capacity()
+        if self.rx_enabled {
+            self.uart.fifo_capacity()
+        } else {
+            0
+        }
     }
 
     /// A counter of bytes the guest has written, shared with the caller.
@@ -131,6 +153,18 @@ impl BusDevice for SerialDevice {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (1, Ok(offset @ 0..=7)) = (data.len(), u8::try_from(offset)) {
+            match offset {
+                LCR => self.lcr = data[0],
+                IER if self.lcr & LCR_DLAB == 0 => {
+                    let enabled = data[0] & IER_RDA != 0;
+                    if enabled && !self.rx_enabled {
+                        // Tell the console that input may flow now.
+                        let _ = self.rx_room_evt.write(1);
+                    }
+                    self.rx_enabled = enabled;
+                }
+                _ => {}
+            }
             if let Err(e) = self.uart.write(offset, data[0]) {
                 log::warn!("serial output: {e:?}");
             }
@@ -159,7 +193,8 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        let mut s = SerialDevice::new(evt(), ConsoleOutput::File(f.try_clone().unwrap()), evt());
+        let mut s =
+            SerialDevice::new(evt(), ConsoleOutput::File(f.try_clone().unwrap()), evt()).unwrap();
         for b in b"hi\n" {
             s.write(0, &[*b]);
         }
@@ -175,9 +210,25 @@ mod tests {
     #[test]
     fn input_fills_the_fifo_and_raises_the_irq() {
         let irq = evt();
-        let mut s = SerialDevice::new(irq.try_clone().unwrap(), ConsoleOutput::Sink, evt());
-        // Enable the received-data interrupt (IER bit 0).
+        let rx = evt();
+        let mut s = SerialDevice::new(
+            irq.try_clone().unwrap(),
+            ConsoleOutput::Sink,
+            rx.try_clone().unwrap(),
+        )
+        .unwrap();
+        // Before the driver enables the receive interrupt, input waits: the
+        // driver's start-up would drain it.
+        assert_eq!(s.rx_room(), 0);
+        assert_eq!(s.enqueue(b"early"), 0);
+        // Writing IER with DLAB set programs the divisor, not IER.
+        s.write(3, &[0x80]);
         s.write(1, &[1]);
+        assert_eq!(s.rx_room(), 0);
+        s.write(3, &[0x03]);
+        // Enable the received-data interrupt (IER bit 0): the console is told.
+        s.write(1, &[1]);
+        assert_eq!(rx.read().unwrap(), 1);
         let room = s.rx_room();
         let big = vec![b'x'; room + 10];
         assert_eq!(s.enqueue(&big), room);

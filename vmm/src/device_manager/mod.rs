@@ -158,7 +158,8 @@ impl DeviceManager {
             serial_irq,
             console,
             rx_room.try_clone().map_err(DeviceManagerError::EventFd)?,
-        );
+        )
+        .map_err(DeviceManagerError::EventFd)?;
         let console_bytes = serial.out_bytes();
         let serial = Arc::new(Mutex::new(serial));
         io_bus.insert(serial.clone(), SERIAL_PORT, 8)?;

@@ -19,6 +19,9 @@ pub enum KvmError {
     /// Another error opening /dev/kvm.
     #[error("cannot open {0}: {1}")]
     Open(String, std::io::Error),
+    /// The device answers no KVM ioctl.
+    #[error("{0} is not a KVM device")]
+    NotKvm(String),
     /// The kernel speaks another KVM API version.
     #[error("KVM API version {0} is not supported (vmm needs {KVM_API_VERSION})")]
     ApiVersion(i32),
@@ -109,6 +112,9 @@ impl KvmContext {
             _ => KvmError::Open(p.clone(), std::io::Error::from_raw_os_error(e.errno())),
         })?;
         let version = kvm.get_api_version();
+        if version < 0 {
+            return Err(KvmError::NotKvm(p));
+        }
         if version != KVM_API_VERSION as i32 {
             return Err(KvmError::ApiVersion(version));
         }

@@ -244,20 +244,24 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
 /// executable before handing it to the loader, which checks less.
 fn check_elf_ident(file: &mut File, path: &str) -> Result<(), BootError> {
     use std::io::{Read, Seek};
-    let mut ident = [0u8; 20];
-    let n = file.read(&mut ident).unwrap_or(0);
+    let mut ehdr = [0u8; 64];
+    let n = file.read(&mut ehdr).unwrap_or(0);
     let _ = file.rewind();
-    if n < ident.len() || &ident[..4] != b"\x7fELF" {
+    if n < 20 || &ehdr[..4] != b"\x7fELF" {
         return Ok(()); // not ELF: the loaders decide
     }
-    let why = if ident[4] != 2 {
+    let why = if ehdr[4] != 2 {
         Some("not 64-bit")
-    } else if ident[5] != 1 {
+    } else if ehdr[5] != 1 {
         Some("not little-endian")
-    } else if u16::from_le_bytes([ident[18], ident[19]]) != 62 {
+    } else if u16::from_le_bytes([ehdr[18], ehdr[19]]) != 62 {
         Some("not for x86_64")
-    } else if u16::from_le_bytes([ident[16], ident[17]]) != 2 {
+    } else if u16::from_le_bytes([ehdr[16], ehdr[17]]) != 2 {
         Some("not an executable: a shared object or relocatable file")
+    } else if n == ehdr.len() {
+        let why = program_markers(file, &ehdr);
+        let _ = file.rewind();
+        why
     } else {
         None
     };
@@ -268,6 +272,79 @@ fn check_elf_ident(file: &mut File, path: &str) -> Result<(), BootError> {
         }),
         None => Ok(()),
     }
+}
+
+/// What marks a 64-bit ELF executable as a userspace program rather than a
+/// kernel: an interpreter (dynamically linked), a thread-local storage
+/// segment, or a GNU ABI tag note (every glibc program, static ones too).
+/// Kernels have none of these. Unreadable headers are left to the loader.
+fn program_markers(file: &mut File, ehdr: &[u8; 64]) -> Option<&'static str> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_INTERP: u32 = 3;
+    const PT_NOTE: u32 = 4;
+    const PT_TLS: u32 = 7;
+    const MAX_PHDRS: u16 = 128;
+    const MAX_NOTES: u64 = 64 << 10;
+    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().ok()?);
+    let phentsize = u16::from_le_bytes([ehdr[54], ehdr[55]]);
+    let phnum = u16::from_le_bytes([ehdr[56], ehdr[57]]);
+    if phentsize != 56 || phnum > MAX_PHDRS {
+        return None;
+    }
+    let mut phdrs = vec![0u8; usize::from(phnum) * 56];
+    file.seek(SeekFrom::Start(phoff)).ok()?;
+    file.read_exact(&mut phdrs).ok()?;
+    let mut notes = Vec::new();
+    for ph in phdrs.chunks_exact(56) {
+        match u32::from_le_bytes(ph[0..4].try_into().ok()?) {
+            PT_INTERP => return Some("a dynamically linked program, not a kernel"),
+            PT_TLS => return Some("a program with thread-local storage, not a kernel"),
+            PT_NOTE => {
+                let off = u64::from_le_bytes(ph[8..16].try_into().ok()?);
+                let size = u64::from_le_bytes(ph[32..40].try_into().ok()?);
+                if size <= MAX_NOTES {
+                    notes.push((off, size));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (off, size) in notes {
+        let mut buf = vec![0u8; usize::try_from(size).ok()?];
+        file.seek(SeekFrom::Start(off)).ok()?;
+        if file.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        if has_gnu_abi_tag(&buf) {
+            return Some("a program built with a C library (GNU ABI tag note), not a kernel");
+        }
+    }
+    None
+}
+
+/// Whether a PT_NOTE segment holds an `NT_GNU_ABI_TAG` note.
+fn has_gnu_abi_tag(mut notes: &[u8]) -> bool {
+    const NT_GNU_ABI_TAG: u32 = 1;
+    let align4 = |x: usize| x.div_ceil(4) * 4;
+    while notes.len() >= 12 {
+        let word =
+            |i: usize| u32::from_le_bytes([notes[i], notes[i + 1], notes[i + 2], notes[i + 3]]);
+        let (namesz, descsz, kind) = (word(0) as usize, word(4) as usize, word(8));
+        let Some(name) = notes.get(12..12 + namesz) else {
+            return false;
+        };
+        if kind == NT_GNU_ABI_TAG && name == b"GNU\0" {
+            return true;
+        }
+        let next = 12usize
+            .saturating_add(align4(namesz))
+            .saturating_add(align4(descsz));
+        match notes.get(next..) {
+            Some(rest) => notes = rest,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// True when the loader rejected the file's format (as opposed to failing to
@@ -556,6 +633,44 @@ mod tests {
         let p = temp_file("elfdyn", &h);
         let err = load_kernel(&mem(64 << 20), &p).unwrap_err();
         assert!(err.to_string().contains("shared object"), "{err}");
+    }
+
+    #[test]
+    fn gnu_abi_tag_notes_are_found() {
+        let mut note = Vec::new();
+        note.extend_from_slice(&4u32.to_le_bytes());
+        note.extend_from_slice(&16u32.to_le_bytes());
+        note.extend_from_slice(&1u32.to_le_bytes());
+        note.extend_from_slice(b"GNU\0");
+        note.extend_from_slice(&[0u8; 16]);
+        assert!(has_gnu_abi_tag(&note));
+        // A Xen note before it is skipped over correctly.
+        let mut xen = Vec::new();
+        xen.extend_from_slice(&4u32.to_le_bytes());
+        xen.extend_from_slice(&4u32.to_le_bytes());
+        xen.extend_from_slice(&18u32.to_le_bytes());
+        xen.extend_from_slice(b"Xen\0");
+        xen.extend_from_slice(&[0u8; 4]);
+        let both = [xen.clone(), note.clone()].concat();
+        assert!(has_gnu_abi_tag(&both));
+        assert!(!has_gnu_abi_tag(&xen));
+        // Truncated or absurd sizes end the walk without a panic.
+        assert!(!has_gnu_abi_tag(&note[..14]));
+        let mut huge = note.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!has_gnu_abi_tag(&huge));
+    }
+
+    #[test]
+    fn a_static_program_is_not_a_kernel() {
+        // busybox-static (an ET_EXEC with its entry above 1 MiB) when present.
+        let bb = std::path::Path::new("/bin/busybox");
+        assert!(
+            bb.exists(),
+            "this test needs busybox-static (tests/lab/lab prepare installs it)"
+        );
+        let err = load_kernel(&mem(64 << 20), bb).unwrap_err();
+        assert!(matches!(err, BootError::NotX86Kernel { .. }), "{err}");
     }
 
     #[test]
