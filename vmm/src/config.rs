@@ -451,7 +451,7 @@ pub fn human_size(bytes: u64) -> String {
     for (shift, unit) in UNITS {
         let u = 1u64 << shift;
         if bytes >= u {
-            return if bytes % u == 0 {
+            return if bytes.is_multiple_of(u) {
                 format!("{} {unit}", bytes >> shift)
             } else {
                 format!("{:.1} {unit}", bytes as f64 / u as f64)
