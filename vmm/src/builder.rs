@@ -479,13 +479,18 @@ fn run_once(
                 what: "cannot clone an event fd",
                 source,
             })?;
-        event_loop.add(Arc::new(Mutex::new(ConsoleInput::new(
+        let input = ConsoleInput::new(
             std::io::stdin().as_raw_fd(),
             interactive,
             dm.serial.clone(),
             rx_room,
             exit.clone(),
-        ))));
+        )
+        .map_err(|source| BuilderError::Host {
+            what: "cannot set up console input",
+            source,
+        })?;
+        event_loop.add(Arc::new(Mutex::new(input)));
     }
 
     slots.wait()?;

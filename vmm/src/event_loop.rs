@@ -92,13 +92,23 @@ const PENDING_MAX: usize = 4096;
 /// Ctrl-A: the escape key on an interactive console.
 const ESCAPE: u8 = 0x01;
 
+/// How long the guest's receive interrupt must stay enabled before input
+/// flows: Linux's 8250 driver enables it for a moment while it probes the
+/// port (and then reads the receive register to clear it), and only for good
+/// once the console is opened.
+const RX_SETTLE: Duration = Duration::from_millis(50);
+
 /// Forwards vmm's stdin to the serial port, holding what the UART FIFO cannot
-/// take yet. On a terminal, Ctrl-A x stops vmm and Ctrl-A Ctrl-A sends Ctrl-A.
+/// take yet, and all of it until the guest's driver is ready for input (see
+/// [`RX_SETTLE`]). On a terminal, Ctrl-A x stops vmm and Ctrl-A Ctrl-A sends Ctrl-A.
 pub struct ConsoleInput {
     stdin: RawFd,
     interactive: bool,
     serial: Arc<Mutex<SerialDevice>>,
     rx_room: EventFd,
+    settle: TimerFd,
+    settle_armed: bool,
+    settled: bool,
     pending: VecDeque<u8>,
     watching_stdin: bool,
     stdin_open: bool,
@@ -114,25 +124,46 @@ impl ConsoleInput {
         serial: Arc<Mutex<SerialDevice>>,
         rx_room: EventFd,
         exit: Arc<ExitSignal>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        Ok(Self {
             stdin,
             interactive,
             serial,
             rx_room,
+            settle: TimerFd::new().map_err(std::io::Error::from)?,
+            settle_armed: false,
+            settled: false,
             pending: VecDeque::new(),
             watching_stdin: false,
             stdin_open: true,
             escape: false,
             exit,
-        }
+        })
     }
 
     fn feed(&mut self) {
+        let mut serial = devices::bus::lock(&self.serial);
+        if !serial.rx_open() {
+            self.settled = false;
+            return;
+        }
+        if !self.settled {
+            if !self.settle_armed {
+                match self.settle.reset(RX_SETTLE, None) {
+                    Ok(()) => self.settle_armed = true,
+                    Err(e) => {
+                        log::warn!("console input: no settle timer ({e}); feeding at once");
+                        self.settled = true;
+                    }
+                }
+            }
+            if !self.settled {
+                return;
+            }
+        }
         if self.pending.is_empty() {
             return;
         }
-        let mut serial = devices::bus::lock(&self.serial);
         let (a, b) = self.pending.as_slices();
         let mut n = serial.enqueue(a);
         if n == a.len() {
@@ -181,6 +212,11 @@ impl MutEventSubscriber for ConsoleInput {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if events.fd() == self.rx_room.as_raw_fd() {
             let _ = self.rx_room.read();
+        } else if events.fd() == self.settle.as_raw_fd() {
+            let _ = self.settle.wait();
+            self.settle_armed = false;
+            // Still enabled after the settle time: the driver is ready.
+            self.settled = devices::bus::lock(&self.serial).rx_open();
         } else if events.fd() == self.stdin {
             let mut buf = [0u8; 512];
             let room = PENDING_MAX
@@ -206,8 +242,10 @@ impl MutEventSubscriber for ConsoleInput {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.rx_room, event_manager::EventSet::IN)) {
-            log::warn!("console input: {e:?}");
+        for fd in [self.rx_room.as_raw_fd(), self.settle.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, event_manager::EventSet::IN)) {
+                log::warn!("console input: {e:?}");
+            }
         }
         self.update_interest(ops);
     }

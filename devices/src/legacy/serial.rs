@@ -129,6 +129,11 @@ impl SerialDevice {
         }
     }
 
+    /// Whether the guest's driver has the receive interrupt enabled.
+    pub fn rx_open(&self) -> bool {
+        self.rx_enabled
+    }
+
     /// Free room in the receive FIFO (0 until the guest takes input).
     pub fn rx_room(&self) -> usize {
         if self.rx_enabled {
