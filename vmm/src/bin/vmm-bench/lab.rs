@@ -192,14 +192,31 @@ fn boot_once(v: Variant, o: &InL1Opts, s: &mut Samples) -> Result<(), String> {
 pub fn run_in_l1(o: &InL1Opts) -> Result<(), String> {
     let mut samples = vec![Samples::default(); o.variants.len()];
     let n = o.variants.len();
-    for i in 0..o.runs {
+    let mut failure = None;
+    'rounds: for i in 0..o.runs {
         // Rotate the order each round.
         for j in 0..n {
             let k = (i + j) % n;
-            boot_once(o.variants[k], o, &mut samples[k])?;
+            if let Err(e) = boot_once(o.variants[k], o, &mut samples[k]) {
+                failure = Some(format!("round {}, {}: {e}", i + 1, o.variants[k].name()));
+                break 'rounds;
+            }
         }
     }
-    let (md, json) = render(o, &samples);
+    if let Some(f) = &failure {
+        // What the L1 kernel said, in case the VMM got stuck in it.
+        let dmesg = Command::new("dmesg")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let tail: Vec<&str> = dmesg.lines().rev().take(30).collect();
+        println!("vmm-bench: boot failed, stopping: {f}");
+        println!("vmm-bench: last kernel messages in L1:");
+        for l in tail.iter().rev() {
+            println!("  {l}");
+        }
+    }
+    let (md, json) = render(o, &samples, failure.as_deref());
     println!("{md}");
     if let Some(dir) = &o.out {
         std::fs::create_dir_all(dir)
@@ -209,10 +226,10 @@ pub fn run_in_l1(o: &InL1Opts) -> Result<(), String> {
                 .map_err(|e| format!("cannot write {}/{name}: {e}", dir.display()))?;
         }
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
-fn render(o: &InL1Opts, samples: &[Samples]) -> (String, Json) {
+fn render(o: &InL1Opts, samples: &[Samples], failure: Option<&str>) -> (String, Json) {
     type Get = fn(&Samples) -> &Vec<f64>;
     let metrics: [(&str, &str, Get, usize); 5] = [
         (
@@ -304,6 +321,11 @@ fn render(o: &InL1Opts, samples: &[Samples]) -> (String, Json) {
         o.runs,
         guest_cmdline(&o.kernel, disk)
     ));
+    if let Some(f) = failure {
+        md.push_str(&format!(
+            "**Incomplete**: a boot failed and the run stopped ({f}).\n\n"
+        ));
+    }
     md.push_str("Median (min–max):\n\n");
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     md.push_str(&table(&header_refs, &rows));
@@ -313,6 +335,7 @@ fn render(o: &InL1Opts, samples: &[Samples]) -> (String, Json) {
         ("mem_mib", Json::Num(o.mem_mib as f64)),
         ("runs", Json::Num(o.runs as f64)),
         ("commands", Json::Arr(commands)),
+        ("failure", failure.map_or(Json::Null, Json::str)),
         ("metrics", Json::Obj(jm)),
     ]);
     (md, json)

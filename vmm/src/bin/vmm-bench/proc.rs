@@ -8,6 +8,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// How long a process may take to die after SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(20);
+
 /// A launched VMM.
 pub struct Launched {
     /// The process.
@@ -123,34 +126,49 @@ impl Launched {
     }
 
     /// Wait for the process to end (killing it after `limit`), with its
-    /// peak memory from `wait4`.
+    /// peak memory from `wait4`. Never blocks for good: a process that does
+    /// not end within [`KILL_GRACE`] of SIGKILL (stuck in the kernel) is an
+    /// error, and is left behind.
     pub fn wait(&mut self, limit: Duration) -> std::io::Result<Ended> {
         let pid = self.pid();
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let watchdog = std::thread::spawn(move || {
-            if done_rx.recv_timeout(limit).is_err() {
-                // SAFETY: kill(2) on our own child (not yet reaped: the
-                // main thread is still in wait4 for it).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        let t0 = self.t0;
+        let (tx, rx) = mpsc::channel();
+        // wait4 blocks, so it runs on its own thread, which takes the
+        // timestamp the moment the process is reaped.
+        std::thread::spawn(move || {
+            let mut status = 0i32;
+            // SAFETY: rusage is plain data; all zeroes is a valid value.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let rc = loop {
+                // SAFETY: wait4 on our own child, writing into locals we own.
+                let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+                if rc >= 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    break rc;
+                }
+            };
+            let elapsed = t0.elapsed();
+            let result = if rc < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok((status, u64::try_from(usage.ru_maxrss).unwrap_or(0), elapsed))
+            };
+            let _ = tx.send(result);
         });
-        let mut status = 0i32;
-        // SAFETY: rusage is plain data; all zeroes is a valid value.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let rc = loop {
-            // SAFETY: wait4 on our own child, writing into locals we own.
-            let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-            {
-                break rc;
+        let reaped = match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(_) => {
+                self.signal(libc::SIGKILL);
+                rx.recv_timeout(KILL_GRACE).unwrap_or_else(|_| {
+                    Err(std::io::Error::other(format!(
+                        "process {pid} did not end within {} s of SIGKILL (stuck in the kernel?)",
+                        KILL_GRACE.as_secs()
+                    )))
+                })
             }
         };
-        let elapsed = self.t0.elapsed();
-        let _ = done_tx.send(());
-        let _ = watchdog.join();
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let (status, maxrss_kib, elapsed) = reaped?;
         let stdout_tail = self
             .stdout
             .take()
@@ -165,7 +183,7 @@ impl Launched {
             code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
             signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
             elapsed,
-            maxrss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            maxrss_kib,
             stdout_tail,
             stderr,
         })
