@@ -432,13 +432,11 @@ pub fn run_host(o: &HostOpts) -> Result<(), String> {
     let status = cmd
         .status()
         .map_err(|e| format!("cannot run {}: {e}", lab.display()))?;
-    if !status.success() {
-        return Err(format!(
-            "the lab run failed ({status}); see its output above"
-        ));
-    }
     for (name, dest) in [("boot.json", &o.json), ("boot.md", &o.markdown)] {
         let src = dir.join(name);
+        if !src.is_file() {
+            continue;
+        }
         if let Some(dest) = dest {
             std::fs::copy(&src, dest)
                 .map_err(|e| format!("cannot copy {} to {}: {e}", src.display(), dest.display()))?;
@@ -447,7 +445,13 @@ pub fn run_host(o: &HostOpts) -> Result<(), String> {
             eprintln!("vmm-bench: {}", src.display());
         }
     }
-    Ok(())
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the lab run failed ({status}); see its output above"
+        ))
+    }
 }
 
 /// Parse `vmm,vmm-pvh,qemu`.
