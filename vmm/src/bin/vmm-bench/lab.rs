@@ -94,7 +94,9 @@ fn command(v: Variant, o: &InL1Opts, disk: &Path) -> Command {
                 .arg(disk)
                 .arg("--mem")
                 .arg(format!("{}M", o.mem_mib))
-                .args(["--cmdline", RUN]);
+                .args(["--cmdline", RUN])
+                // Stopped with SIGTERM at the ready line, like QEMU: at once.
+                .args(["--shutdown-timeout", "0"]);
             if v == Variant::VmmPvh {
                 c.args(["--boot", "pvh"]);
             }
@@ -147,9 +149,11 @@ fn boot_once(v: Variant, o: &InL1Opts, s: &mut Samples) -> Result<(), String> {
     let ready = l.wait_ready(BOOT_LIMIT);
     let status = proc::mem_status(l.pid());
     let maps = proc::smaps(l.pid());
-    l.signal(libc::SIGKILL);
+    // An orderly stop (QEMU and vmm both end at once on SIGTERM here); SIGKILL
+    // only when that fails.
+    l.signal(libc::SIGTERM);
     let end = l
-        .wait(Duration::from_secs(30))
+        .wait(Duration::from_secs(60))
         .map_err(|e| format!("waiting for {}: {e}", v.name()))?;
     let _ = std::fs::remove_file(&disk);
     let Some(ready) = ready else {
@@ -314,7 +318,7 @@ fn render(o: &InL1Opts, samples: &[Samples], failure: Option<&str>) -> (String, 
         "Inside L1 (QEMU/TCG with nested SVM): every time is emulated, so only the ratios \
          between VMMs of this run mean anything. Kernel {}, rootfs {} (a fresh copy per boot), \
          {} MiB, 1 vCPU; {} boots per VMM, order rotated each round; the VMM is stopped at the \
-         ready line, where its memory is sampled. Guest command line: `{}`.\n\n",
+         ready line (SIGTERM; vmm with `--shutdown-timeout 0`), where its memory is sampled first. Guest command line: `{}`.\n\n",
         o.kernel.display(),
         o.rootfs.display(),
         o.mem_mib,
