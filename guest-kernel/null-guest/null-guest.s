@@ -13,7 +13,8 @@
  *      idle      halt forever with interrupts off (the host kills the VMM)
  *      reboot    reset through the i8042 (port 0x64, value 0xfe)
  *    and the modifier
- *      wait      first wait for one byte of input on COM1 (polling LSR)
+ *      wait      first wait for one byte of input on COM1 (receive
+ *                interrupt enabled in the IER, the LSR polled)
  * 4. Exit: status to vmm's debug device (MMIO 0xd0000004); then to QEMU's
  *    isa-debug-exit (port 0xf4, QEMU exits with 2*N+1); then a triple fault
  *    (QEMU with -no-reboot exits 0). Reboot: i8042 reset, then a triple fault.
@@ -26,6 +27,8 @@
 	.equ DEBUG_MARKER, 0xd0000000
 	.equ DEBUG_EXIT, 0xd0000004
 	.equ COM1, 0x3f8
+	.equ COM1_IER, (COM1 + 1)
+	.equ IER_RX_AVAILABLE, 0x01
 	.equ COM1_LSR, (COM1 + 5)
 	.equ LSR_DATA_READY, 0x01
 	.equ I8042_CMD, 0x64
@@ -136,7 +139,13 @@ skip_word:
 act:
 	testl %ecx, %ecx
 	jz 1f
-	movw $COM1_LSR, %dx        /* wait for a byte of input */
+	/* Wait for a byte of input. Enable the receive interrupt first, as a
+	 * driver that wants input does: vmm forwards console input only then.
+	 * It is never taken (interrupts are off); the LSR is polled. */
+	movb $IER_RX_AVAILABLE, %al
+	movw $COM1_IER, %dx
+	outb %al, %dx
+	movw $COM1_LSR, %dx
 2:	pause
 	inb %dx, %al
 	testb $LSR_DATA_READY, %al
