@@ -223,13 +223,14 @@ pub fn run(
     let argv = command(&image, &opts.argv)?;
 
     // A throw-away tenant lives in a temporary state directory and dies with us.
-    let temp_root;
+    let mut temp_root = None;
     let throwaway;
     let (t, child) = match tenant {
         Some(t) => (t, t.up(spec, true, boot_timeout)?),
         None => {
-            temp_root = std::env::temp_dir().join(format!("vmm-run-{}", std::process::id()));
-            throwaway = Tenant::new(&temp_root, "run")?;
+            let root = std::env::temp_dir().join(format!("vmm-run-{}", std::process::id()));
+            throwaway = Tenant::new(&root, "run")?;
+            temp_root = Some(root);
             let child = throwaway.up(spec, false, boot_timeout)?;
             (&throwaway, child)
         }
@@ -267,7 +268,8 @@ pub fn run(
         // SAFETY: signalling our own child, still alive or a zombie.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let _ = c.wait();
-        let _ = std::fs::remove_dir_all(&t.dir);
+        // The whole temporary state root, not only the tenant's directory in it.
+        let _ = std::fs::remove_dir_all(temp_root.as_deref().unwrap_or(&t.dir));
     }
     result
 }
