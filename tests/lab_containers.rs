@@ -636,6 +636,12 @@ fn vsock_parallel_streams() {
     );
     assert_eq!(g2h.get("guest-failed"), "0", "{}", g2h.rest);
     assert_eq!(
+        g2h.get("connect-timeouts"),
+        "0",
+        "guest connects timed out: {}",
+        g2h.rest
+    );
+    assert_eq!(
         g2h.get("identical"),
         "yes",
         "stream digests differ: {}",
@@ -650,7 +656,7 @@ fn vsock_guest_closing_mid_stream() {
     };
     // L1 sends 32 MiB; the guest reads 1 MiB, answers a line and closes (5005) or is
     // SIGKILLed (5006). L1's socat must end (EOF or EPIPE), not wait for its time limit.
-    for (port, said) in [("5005", "guest-closing"), ("5006", "guest-killing")] {
+    for port in ["5005", "5006"] {
         let f = lab.fact(&format!("close-{port}"));
         let status = f.get("status");
         assert!(
@@ -658,11 +664,15 @@ fn vsock_guest_closing_mid_stream() {
             "port {port}: L1's socat did not end by EOF or error (124 = its time limit): {}",
             f.rest
         );
-        assert!(
-            f.get("said").contains(said),
-            "port {port}: the guest's last words did not arrive: {}",
-            f.rest
-        );
+        assert_eq!(f.get("guest-read"), "1048576", "port {port}: {}", f.rest);
+        if port == "5005" {
+            // A graceful close delivers what the guest wrote before it; a SIGKILL may not.
+            assert!(
+                f.get("said").contains("guest-closing"),
+                "the guest's last words did not arrive: {}",
+                f.rest
+            );
+        }
         assert_eq!(f.get("alive"), "yes", "vmm died: {}", f.rest);
     }
     // The guest streams zeros to L1 and its socat is SIGKILLed: L1 sees EOF after the

@@ -71,11 +71,11 @@ finish() {
     tail -n 3 "$OUT/$1.stderr" | sed "s/^/  $1 stderr| /"
 }
 
-# changed NAME: every path outside the image cache (and /out, /proc, /sys, /dev) modified
-# since /out/NAME.stamp, into /out/NAME.changed.
-changed() {
+# snapshot FILE: name, size, mtime and ctime (nanoseconds) of everything outside the image
+# cache and /out, /proc, /sys, /dev: what a case must not change.
+snapshot() {
     find / \( -path /proc -o -path /sys -o -path /dev -o -path "$OUT" -o -path "$VMM_CACHE" \) -prune \
-        -o -newer "$OUT/$1.stamp" -print >"$OUT/$1.changed" 2>/dev/null
+        -o -exec stat -c '%n|%s|%y|%z' {} + 2>/dev/null | sort >"$1"
 }
 
 # --- bad input first, on an empty cache and no state directory --------------------------
@@ -85,11 +85,11 @@ for c in missing truncated dotdot; do
         missing) image=$IMG/no-such-image.tar ;;
         *) image=$IMG/$c.tar ;;
     esac
-    # find -newer compares whole seconds: date the stamp 2 s back, so that nothing the
-    # case changes can share its second
-    touch -d "$(date -d @$(($(date +%s) - 2)) '+%Y-%m-%d %H:%M:%S')" "$OUT/bad-$c.stamp"
+    snapshot "$OUT/bad-$c.before"
     run "bad-$c" -- vmm run --tenant bad "$image" -- sh -c 'echo should-not-run'
-    changed "bad-$c"
+    snapshot "$OUT/bad-$c.after"
+    # what the case created, changed or removed (`diff` exits 1 when there is some)
+    diff "$OUT/bad-$c.before" "$OUT/bad-$c.after" | grep '^[-+]/' >"$OUT/bad-$c.changed"
 done
 ls -A "$VMM_CACHE/layers" "$VMM_CACHE/layers/.tmp" >"$OUT/bad.cache" 2>&1
 [ -e /tmp/vmm-escape ] && echo "present" >"$OUT/bad.escape"

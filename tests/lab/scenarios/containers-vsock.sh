@@ -10,7 +10,9 @@
 # (rootfs-tools/mkrootfs.sh --add-bin /usr/bin/socat).
 # Guest ports: 5000 a shell (commands in, output out), 5001 sha256sum of what it receives,
 # 5004 echo (cat), 5005 reads 1 MiB, says `guest-closing` and exits (graceful close
-# mid-stream), 5006 reads 1 MiB, says `guest-killing` and SIGKILLs its socat (abrupt close).
+# mid-stream), 5006 reads 1 MiB, says `guest-killing` and SIGKILLs its socat (abrupt close;
+# the line may be lost with it), 5007 streams zeros to L1's port 5008 (pid in /tmp/zero.pid).
+# 5005 and 5006 note how much they read in /tmp/read-<port>.
 # L1 ports (guest -> host): 5002 one 32 MiB stream, 5003 parallel streams, 5008 a stream the
 # guest's socat is killed in the middle of.
 # Arguments: KEY=VALUE overrides of the sizes below (e.g. BIG=1048576 for a quick run).
@@ -76,8 +78,11 @@ wait_port() {
 guest_script='s() { socat -t 300 "VSOCK-LISTEN:$1,reuseaddr,fork,backlog=128" "$2" & }
 s 5001 SYSTEM:sha256sum
 s 5004 EXEC:cat
-s 5005 "SYSTEM:head -c 1048576 >/dev/null; echo guest-closing"
-s 5006 "SYSTEM:head -c 1048576 >/dev/null; echo guest-killing; kill -9 \$PPID"
+s 5005 "SYSTEM:head -c 1048576 | wc -c >/tmp/read-5005; echo guest-closing"
+s 5006 "SYSTEM:head -c 1048576 | wc -c >/tmp/read-5006; echo guest-killing; kill -9 \$PPID"
+# (a script: socat would cut a SYSTEM command at its first colon)
+printf "%s\n" "echo \$\$ >/tmp/zero.pid" "exec socat -u OPEN:/dev/zero VSOCK-CONNECT:2:5008" >/tmp/zero.sh
+s 5007 "EXEC:sh /tmp/zero.sh"
 s 5000 EXEC:/bin/sh,stderr
 echo GUEST-LISTENERS-STARTED
 wait'
@@ -94,7 +99,7 @@ until grep -q GUEST-LISTENERS-STARTED "$OUT/vsock-console.log" 2>/dev/null; do
     fi
     sleep 0.2
 done
-for p in 5000 5001 5004 5005 5006; do wait_port $p || { kill "$VMM"; exit 2; }; done
+for p in 5000 5001 5004 5005 5006 5007; do wait_port $p || { kill "$VMM"; exit 2; }; done
 fact guest-ready "$(since "$t0")"
 fact guest-echo "$(guest_sh 'echo pong-$((6*7))')"
 
@@ -155,6 +160,11 @@ rm -f /tmp/par*
 alive par-echo
 
 # PAR guest -> host connections at once: the guest sends PAR files, L1 hashes each stream.
+# The guest's connect() waits 30 s for the device's answer instead of Linux's default 2 s:
+# with L1's single emulated vCPU busy forking PAR socat/sha256sum pairs, answers can take
+# longer than 2 s (a lost answer still fails). socat sets the option before connect() only
+# as `setsockopt-listen`: SO_VM_SOCKETS_CONNECT_TIMEOUT_OLD (AF_VSOCK 40, 6), a timeval.
+CONNECT_TIMEOUT=setsockopt-listen=40:6:x1e000000000000000000000000000000
 rm -f /tmp/par-g2h.sha
 timeout "$STEP_TIMEOUT" socat "UNIX-LISTEN:${SOCK}_5003,fork,backlog=128" 'SYSTEM:sha256sum | cut -c1-64 >>/tmp/par-g2h.sha' &
 listener=$!
@@ -162,7 +172,7 @@ until [ -S "${SOCK}_5003" ]; do sleep 0.1; done
 t=$(up)
 guest_sh "mkdir -p /tmp/par && i=0; while [ \$i -lt $PAR ]; do head -c $PAR_BYTES /dev/urandom >/tmp/par/\$i; i=\$((i + 1)); done
 sha256sum /tmp/par/* | cut -c1-64 | sort >/tmp/par.sha
-i=0; ps=; while [ \$i -lt $PAR ]; do socat -u OPEN:/tmp/par/\$i VSOCK-CONNECT:2:5003 & ps=\"\$ps \$!\"; i=\$((i + 1)); done
+i=0; ps=; while [ \$i -lt $PAR ]; do socat -u OPEN:/tmp/par/\$i VSOCK-CONNECT:2:5003,$CONNECT_TIMEOUT & ps=\"\$ps \$!\"; i=\$((i + 1)); done
 f=0; for j in \$ps; do wait \$j || f=\$((f + 1)); done
 cat /tmp/par.sha; echo guest-failed=\$f; rm -rf /tmp/par /tmp/par.sha" >/tmp/par-g2h.guest
 secs=$(since "$t")
@@ -175,7 +185,7 @@ grep -v = /tmp/par-g2h.guest >/tmp/par-g2h.sent
 sort /tmp/par-g2h.sha >/tmp/par-g2h.got
 fact par-g2h streams="$PAR" sent="$(wc -l </tmp/par-g2h.sent)" got="$(wc -l </tmp/par-g2h.got)" \
     identical="$(if cmp -s /tmp/par-g2h.sent /tmp/par-g2h.got; then echo yes; else echo no; fi)" \
-    "$(grep guest-failed= /tmp/par-g2h.guest)" secs="$secs"
+    "$(grep guest-failed= /tmp/par-g2h.guest)" connect-timeouts="$(grep -c 'timed out' /tmp/par-g2h.guest)" secs="$secs"
 alive par-g2h
 
 # --- 3. the guest closes mid-stream -----------------------------------------------------
@@ -185,24 +195,28 @@ for p in 5005 5006; do
     { printf 'CONNECT %s\n' $p; head -c "$BIG" /dev/zero; } | timeout 120 socat -t 120 - "UNIX-CONNECT:$SOCK" >/tmp/close$p.out 2>/tmp/close$p.err
     st=$?
     fact close-$p status=$st secs="$(since "$t")" alive="$(kill -0 "$VMM" && echo yes || echo no)" \
-        said="$(payload /tmp/close$p.out | tr '\n' ' ')" err="$(tr '\n' ' ' </tmp/close$p.err)"
+        guest-read="$(guest_sh "cat /tmp/read-$p")" said="$(payload /tmp/close$p.out | tr '\n' ' ')" \
+        err="$(tr '\n' ' ' </tmp/close$p.err)"
 done
 
 # guest -> host: the guest streams zeros to L1 and its socat is SIGKILLed once L1 has 1 MiB.
 rm -f /tmp/partial.bin
-timeout "$STEP_TIMEOUT" socat -u "UNIX-LISTEN:${SOCK}_5008" CREATE:/tmp/partial.bin &
+# (60 s at most: if the kill does not come, the zeros fill L1's RAM)
+timeout 60 socat -u "UNIX-LISTEN:${SOCK}_5008" CREATE:/tmp/partial.bin &
 listener=$!
 until [ -S "${SOCK}_5008" ]; do sleep 0.1; done
-# (socat gives the shell more descriptors of its connection than 0-2: the background socat
-# must hold none of them, or the shell's connection stays open as long as it runs)
-guest_sh 'socat -u OPEN:/dev/zero VSOCK-CONNECT:2:5008 </dev/null >/dev/null 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
-echo $! >/tmp/zero.pid' >/dev/null
+# The guest's port 5007 starts the stream; the trigger connection lasts as long as it does.
+# (Not through the shell: a background process there keeps descriptors of the shell's
+# connection that socat leaves open, and with them the connection.)
+conn 5007 /tmp/trigger.out &
+trigger=$!
 n=0
 while [ "$(stat -c %s /tmp/partial.bin 2>/dev/null || echo 0)" -lt 1048576 ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 guest_sh 'kill -9 $(cat /tmp/zero.pid) && echo killed' >/tmp/kill.out
 t=$(up)
 wait $listener
 st=$?
+wait $trigger
 size=$(stat -c %s /tmp/partial.bin)
 fact g2h-killed listener-status=$st secs="$(since "$t")" bytes="$size" \
     zeros="$(if cmp -s -n "$size" /tmp/partial.bin /dev/zero; then echo yes; else echo no; fi)" \
