@@ -1017,7 +1017,7 @@ fn tenants_go_down() {
 /// Time from `vmm run` to the container's first output line, cold and warm tenant, next to
 /// crun, in one L1 boot. Prints the scenario's summary; run it with --ignored --nocapture.
 #[test]
-#[ignore = "a benchmark (about 10 minutes): cargo test --release -p vmm --test lab_containers -- --ignored --nocapture bench_container_start"]
+#[ignore = "a benchmark (about 4 minutes): cargo test --release -p vmm --test lab_containers -- --ignored --nocapture bench_container_start"]
 fn bench_container_start() {
     if lab_skipped("bench_container_start") {
         return;
