@@ -27,7 +27,7 @@ echo "demo: preparing the guest kernel, root file system and lab (cached after t
 eval "$(tests/lab/lab prepare)"
 echo "demo: building vmm (release)..."
 cargo build --release --quiet -p vmm
-vmm=$PWD/target/release/vmm
+vmm=$PWD/target/x86_64-unknown-linux-gnu/release/vmm
 
 demo_cmd='echo; echo "Hello from a vmm guest: $(uname -sr) on $(nproc) vCPU(s), $(awk "/MemTotal/ {print \$2 \" kB\"}" /proc/meminfo) of RAM"; echo "root file system: $(mount | grep " / ")"; echo "disks: $(ls /dev/vd*)"'
 

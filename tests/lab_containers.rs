@@ -36,6 +36,8 @@ use std::sync::OnceLock;
 
 /// The vmm binary under test.
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+/// `vmm run` and friends hand over to this binary, next to `vmm`.
+const VMM_CONTAINERS: &str = env!("CARGO_BIN_EXE_vmm-containers");
 
 /// Bytes each way in the large vsock round trips (as the scenario's default).
 const BIG: u64 = 32 << 20;
@@ -549,6 +551,7 @@ fn containers_lab(test: &str) -> Option<&'static Lab> {
 
         let run = LabRun::new("containers-run")
             .bin(VMM)
+            .bin(VMM_CONTAINERS)
             .bin("/sbin/mkfs.ext4")
             .bin("/sbin/debugfs")
             // GNU grep as ggrep (`--bin PATH:DEST`): it skips the holes of sparse files
@@ -1030,6 +1033,7 @@ fn bench_container_start() {
     let runs = std::env::var("BENCH_RUNS").unwrap_or_else(|_| "9".into());
     let run = LabRun::new("containers-bench")
         .bin(VMM)
+        .bin(VMM_CONTAINERS)
         .bin("/sbin/mkfs.ext4")
         .bin("/sbin/debugfs")
         .bin("/usr/bin/crun")

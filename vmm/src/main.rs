@@ -4,25 +4,52 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use std::time::Duration;
 use vmm::builder;
-
-use vmm::cli::{BootArgs, Cli, Command, TenantAction, TenantVmArgs};
-use vmm::config::{parse_size, ConfigError};
+use vmm::cli::{BootArgs, Cli};
+use vmm::config::ConfigError;
 use vmm::exit::{ExitReason, EXIT_VMM_ERROR};
-use vmm::tenant::run::{self, RunOptions};
-use vmm::tenant::{self, Tenant, TenantSpec};
 use vmm::vstate::kvm::HostKind;
-use vmm_agent::protocol::Limits;
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    // The container subcommands live in their own binary, so that the VMM
+    // every VM runs stays small (its size is most of its resident memory).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| CONTAINER_COMMANDS.iter().any(|c| a == *c))
+    {
+        return exec_containers();
+    }
     let cli = Cli::parse();
     let code = match cli.command {
-        Some(cmd) => containers(cmd),
+        Some(_) => return exec_containers(),
         None => boot(&cli.boot, start),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX))
+}
+
+/// The subcommands `vmm-containers` implements.
+const CONTAINER_COMMANDS: [&str; 4] = ["run", "tenant", "exec", "ps"];
+
+/// Replace this process with `vmm-containers` (next to this binary) and the
+/// same arguments.
+fn exec_containers() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(e) => e.with_file_name("vmm-containers"),
+        Err(e) => {
+            eprintln!("vmm: error: cannot find this program's path: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!(
+        "vmm: error: cannot run {} for this subcommand: {err} (install vmm-containers next to vmm)",
+        exe.display()
+    );
+    ExitCode::from(1)
 }
 
 /// Boot a VM: `vmm --kernel ...`.
@@ -49,113 +76,6 @@ fn boot(args: &BootArgs, start: Instant) -> i32 {
                 builder::BuilderError::Config(ConfigError::NoKernel) => 2,
                 _ => EXIT_VMM_ERROR,
             }
-        }
-    }
-}
-
-/// `vmm run`, `vmm tenant`, `vmm exec`, `vmm ps`.
-fn containers(cmd: Command) -> i32 {
-    match containers_inner(cmd) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("vmm: error: {e}");
-            EXIT_VMM_ERROR
-        }
-    }
-}
-
-fn tenant_spec(vm: &TenantVmArgs) -> Result<TenantSpec, Box<dyn std::error::Error>> {
-    parse_size(&vm.mem)?;
-    Ok(TenantSpec::new(
-        vm.kernel.clone(),
-        vm.agentfs.clone(),
-        &vm.mem,
-        vm.cpus,
-    )?)
-}
-
-fn containers_inner(cmd: Command) -> Result<i32, Box<dyn std::error::Error>> {
-    let root = tenant::state_root();
-    match cmd {
-        Command::Run(a) => {
-            let spec = tenant_spec(&a.vm)?;
-            let t = a
-                .tenant
-                .as_deref()
-                .map(|n| Tenant::new(&root, n))
-                .transpose()?;
-            let opts = RunOptions {
-                argv: a.argv,
-                env: a.env,
-                workdir: a.workdir,
-                user: a.user,
-                limits: Limits {
-                    memory_bytes: a.memory_limit.as_deref().map(parse_size).transpose()?,
-                    cpu: a.cpu_limit,
-                    pids: a.pids_limit,
-                },
-                id: a.name,
-            };
-            let timeout = Duration::from_secs(a.vm.boot_timeout);
-            Ok(run::run(&a.image, t.as_ref(), &spec, &opts, timeout)?)
-        }
-        Command::Tenant { action } => match action {
-            TenantAction::Up { name, vm } => {
-                let t = Tenant::new(&root, &name)?;
-                t.up(
-                    &tenant_spec(&vm)?,
-                    true,
-                    Duration::from_secs(vm.boot_timeout),
-                )?;
-                println!("tenant {name} is up ({})", t.dir.display());
-                Ok(0)
-            }
-            TenantAction::Down { name } => {
-                let t = Tenant::new(&root, &name)?;
-                if t.down(Duration::from_secs(30))? {
-                    println!("tenant {name} is down");
-                } else {
-                    println!("tenant {name} was not running");
-                }
-                Ok(0)
-            }
-            TenantAction::Ls => {
-                for (name, pid) in tenant::list(&root) {
-                    match pid {
-                        Some(p) => println!("{name}\trunning\tpid {p}"),
-                        None => println!("{name}\tstopped"),
-                    }
-                }
-                Ok(0)
-            }
-        },
-        Command::Exec {
-            tenant: name,
-            container,
-            env,
-            argv,
-        } => {
-            let t = Tenant::new(&root, &name)?;
-            Ok(run::exec(&t, &container, argv, env)?)
-        }
-        Command::Ps { tenant: name } => {
-            let t = Tenant::new(&root, &name)?;
-            println!("ID\tPID\tSTATE\tSTATUS\tCOMMAND");
-            for c in run::ps(&t)? {
-                let status = c
-                    .exit
-                    .map(|e| run::exit_code(&e).to_string())
-                    .unwrap_or_else(|| "-".into());
-                println!(
-                    "{}\t{}\t{:?}\t{}\t{}",
-                    c.id,
-                    c.pid,
-                    c.state,
-                    status,
-                    c.argv.join(" ")
-                );
-            }
-            Ok(0)
         }
     }
 }

@@ -329,7 +329,7 @@ errors() {
 
 [ $# -ge 1 ] || die "usage: vmm-boot.sh guests|errors|CASE..."
 mkdir -p "$OUT"
-command -v vmm >/dev/null || die "vmm is not on PATH (lab run --bin target/release/vmm)"
+command -v vmm >/dev/null || die "vmm is not on PATH (lab run --bin target/x86_64-unknown-linux-gnu/release/vmm)"
 t_all=$(up)
 for a in "$@"; do
     case $a in

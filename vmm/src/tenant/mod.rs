@@ -248,8 +248,10 @@ impl Tenant {
         let log2 = log
             .try_clone()
             .map_err(io_err("cannot open", &self.vmm_log()))?;
-        let exe =
-            std::env::current_exe().map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
+        // The VMM is the `vmm` binary next to this one (vmm-containers).
+        let exe = std::env::current_exe()
+            .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?
+            .with_file_name("vmm");
         let mut cmd = Command::new(exe);
         cmd.arg("--kernel")
             .arg(&spec.kernel)
