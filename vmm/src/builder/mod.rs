@@ -1,6 +1,13 @@
 //! Builds a VM from a [`VmConfig`] in order — KVM, guest memory, VM,
 //! devices, kernel and boot information, vCPUs — then runs it until it stops.
 
+mod cmdline;
+mod net;
+
+pub use cmdline::{build_cmdline, default_cmdline, kernel_ip_param};
+use net::open_taps;
+pub use net::stable_mac;
+
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
@@ -8,24 +15,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::net::Ipv4Addr;
-
 use devices::legacy::ConsoleOutput;
 use devices::tap::Tap;
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::net::Net;
 use devices::virtio::vsock::Vsock;
-use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::acpi::{self, AcpiError};
 use crate::arch::x86_64::boot::{self, BootError, LoadedKernel};
-use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
-use crate::config::{
-    BootProtocol, ConfigError, ConsoleConfig, NetConfig, OnReboot, TapConfig, VmConfig,
-};
+use crate::config::{BootProtocol, ConfigError, ConsoleConfig, OnReboot, VmConfig};
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::event_loop::{self, ConsoleInput, EventLoop, EventLoopError, SignalWatcher};
 use crate::exit::ExitReason;
@@ -128,107 +129,6 @@ pub struct RunOutcome {
     pub stop_requested: bool,
     /// How many times the guest was booted (more than one with `--on-reboot restart`).
     pub boots: u64,
-}
-
-/// The kernel command line vmm always passes before the user's.
-pub fn default_cmdline(config: &VmConfig) -> String {
-    // Console on COM1 only (no probing of COM2-4); reboot through the
-    // keyboard controller; reboot at once on panic instead of hanging (pvpanic
-    // tells vmm first); there is no PCI bus to probe.
-    let mut s = String::from("console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 pci=off");
-    if !config.acpi {
-        // Kernels with ACPI would otherwise search for tables that are not there.
-        s.push_str(" acpi=off");
-    }
-    if let Some((i, n)) = config.nets.iter().enumerate().find(|(_, n)| n.ip.is_some()) {
-        s.push(' ');
-        s.push_str(&kernel_ip_param(i, n));
-    }
-    if let Some(root) = &config.rootfs {
-        s.push_str(if root.read_only {
-            " root=/dev/vda ro"
-        } else {
-            " root=/dev/vda rw"
-        });
-    }
-    s
-}
-
-/// The kernel's `ip=` parameter for network device `index` (ethN):
-/// `ip=client::gateway:netmask::device:off`.
-pub fn kernel_ip_param(index: usize, n: &NetConfig) -> String {
-    let Some((addr, prefix)) = n.ip else {
-        return String::new();
-    };
-    let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
-    let gw = n.gw.map(|g| g.to_string()).unwrap_or_default();
-    format!("ip={addr}::{gw}:{mask}::eth{index}:off")
-}
-
-/// A MAC address for network device `index` that stays the same from one
-/// run of the same configuration to the next: locally administered, unicast,
-/// derived from the kernel, root file system and TAP.
-pub fn stable_mac(config: &VmConfig, index: usize) -> [u8; 6] {
-    // FNV-1a: stable across Rust versions, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    feed(config.kernel.as_os_str().as_encoded_bytes());
-    if let Some(r) = &config.rootfs {
-        feed(r.path.as_os_str().as_encoded_bytes());
-    }
-    if let Some(TapConfig::Named(name)) = config.nets.get(index).map(|n| &n.tap) {
-        feed(name.as_bytes());
-    }
-    feed(&index.to_le_bytes());
-    let b = h.to_le_bytes();
-    // 02:xx: locally administered, unicast.
-    [0x02, b[0], b[1], b[2], b[3], b[4]]
-}
-
-/// Open every TAP of the configuration: they live as long as vmm, across
-/// guest restarts.
-fn open_taps(config: &VmConfig) -> Result<Vec<Tap>, BuilderError> {
-    let mut taps = Vec::new();
-    for (i, n) in config.nets.iter().enumerate() {
-        let tap = match &n.tap {
-            TapConfig::Named(name) => Tap::attach(name)?,
-            TapConfig::Auto => Tap::create(&format!("vmm{}n{i}", std::process::id()))?,
-        };
-        if let Some((addr, prefix)) = n.host_ip {
-            tap.set_ipv4(addr, prefix)?;
-        }
-        log::info!(
-            "network device eth{i} on TAP {}{}",
-            tap.name(),
-            if tap.created() {
-                " (created; removed when vmm exits)"
-            } else {
-                ""
-            }
-        );
-        taps.push(tap);
-    }
-    Ok(taps)
-}
-
-/// The complete command line: defaults, device entries, the user's extra.
-pub fn build_cmdline(config: &VmConfig, devices: &[String]) -> Result<Cmdline, BuilderError> {
-    let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuilderError::Cmdline)?;
-    c.insert_str(default_cmdline(config))
-        .map_err(BuilderError::Cmdline)?;
-    for d in devices {
-        c.insert_str(d).map_err(BuilderError::Cmdline)?;
-    }
-    if !config.cmdline_extra.trim().is_empty() {
-        c.insert_str(config.cmdline_extra.trim())
-            .map_err(BuilderError::Cmdline)?;
-    }
-    Ok(c)
 }
 
 /// Pick the entry protocol.
@@ -546,70 +446,6 @@ mod tests {
     #![allow(clippy::cast_possible_truncation)]
     use super::*;
     use crate::arch::x86_64::boot::KernelFormat;
-    use crate::config::DiskConfig;
-
-    #[test]
-    fn cmdline_has_defaults_devices_then_user_args() {
-        let mut c = VmConfig::new("k");
-        c.rootfs = Some(DiskConfig {
-            path: "r".into(),
-            read_only: false,
-        });
-        c.cmdline_extra = " quiet run=\"echo hi\" ".into();
-        let line = build_cmdline(&c, &["virtio_mmio.device=4K@0xd0001000:5".into()])
-            .unwrap()
-            .as_cstring()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        assert_eq!(
-            line,
-            "console=ttyS0 8250.nr_uarts=1 reboot=k panic=-1 pci=off root=/dev/vda rw \
-             virtio_mmio.device=4K@0xd0001000:5 quiet run=\"echo hi\""
-        );
-        c.rootfs = Some(DiskConfig {
-            path: "r".into(),
-            read_only: true,
-        });
-        assert!(default_cmdline(&c).ends_with("root=/dev/vda ro"));
-        c.rootfs = None;
-        assert!(!default_cmdline(&c).contains("root="));
-        c.cmdline_extra = "x".repeat(CMDLINE_MAX_SIZE);
-        assert!(matches!(
-            build_cmdline(&c, &[]),
-            Err(BuilderError::Cmdline(_))
-        ));
-    }
-
-    #[test]
-    fn kernel_ip_and_stable_macs() {
-        let mut c = VmConfig::new("k");
-        c.nets = vec![
-            "auto".parse().unwrap(),
-            "tap=t1,ip=10.0.0.2/24,gw=10.0.0.1".parse().unwrap(),
-        ];
-        assert_eq!(
-            kernel_ip_param(1, &c.nets[1]),
-            "ip=10.0.0.2::10.0.0.1:255.255.255.0::eth1:off"
-        );
-        assert!(default_cmdline(&c).contains(" ip=10.0.0.2::10.0.0.1:255.255.255.0::eth1:off"));
-        let n: NetConfig = "auto,ip=192.168.1.5/30".parse().unwrap();
-        assert_eq!(
-            kernel_ip_param(0, &n),
-            "ip=192.168.1.5:::255.255.255.252::eth0:off"
-        );
-        let n: NetConfig = "auto,ip=10.0.0.1/0".parse().unwrap();
-        assert_eq!(kernel_ip_param(0, &n), "ip=10.0.0.1:::0.0.0.0::eth0:off");
-        let (m0, m1) = (stable_mac(&c, 0), stable_mac(&c, 1));
-        assert_ne!(m0, m1);
-        assert_eq!(m0, stable_mac(&c, 0), "same configuration, same MAC");
-        for m in [m0, m1] {
-            assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
-        }
-        let mut other = c.clone();
-        other.kernel = "other".into();
-        assert_ne!(stable_mac(&other, 0), m0);
-    }
 
     #[test]
     fn entry_protocol_choice() {
