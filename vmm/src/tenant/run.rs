@@ -287,8 +287,7 @@ pub fn exec(t: &Tenant, id: &str, argv: Vec<String>, env: Vec<String>) -> Result
         user: None,
         stdin: true,
     });
-    let p = Process::start(connect(t)?, &req)
-        .map_err(|e| TenantError::Agent(t.name.clone(), e))?;
+    let p = Process::start(connect(t)?, &req).map_err(|e| TenantError::Agent(t.name.clone(), e))?;
     Ok(exit_code(&stream(p)?))
 }
 
